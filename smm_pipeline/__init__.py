@@ -1,0 +1,1 @@
+"""smm_pipeline: a Dagster code location for SMM panel order flows (API v2)."""

@@ -1,0 +1,91 @@
+"""Errors a caller of the panel client can act on.
+
+The hierarchy mirrors the decisions a caller has to make: retry later (transport, HTTP 5xx,
+rate limited, invalid answer), fix the request (API error), or stop and ask a human
+(ambiguous submission). No message ever contains the API key: messages are built from the
+panel name, the action and the panel's own words only.
+"""
+
+from __future__ import annotations
+
+
+class PanelError(Exception):
+    """Base class: something went wrong talking to one panel."""
+
+    def __init__(self, message: str, *, panel: str = "", action: str = "") -> None:
+        self.panel = panel
+        self.action = action
+        prefix = f"panel {panel!r}" if panel else "panel"
+        if action:
+            prefix += f", action {action!r}"
+        super().__init__(f"{prefix}: {message}")
+        self.message = message
+
+
+class TransportError(PanelError):
+    """The request failed below HTTP (connect, read, timeout, connection dropped).
+
+    `sent` is False only when the request provably never left this machine (connection
+    refused / DNS failure); that is the only case a writing action may be retried.
+    """
+
+    def __init__(self, message: str, *, panel: str = "", action: str = "", sent: bool) -> None:
+        super().__init__(message, panel=panel, action=action)
+        self.sent = sent
+
+
+class HTTPStatusError(PanelError):
+    """The panel answered with an HTTP error status (4xx/5xx) and no usable JSON error."""
+
+    def __init__(self, message: str, *, panel: str = "", action: str = "", status_code: int) -> None:
+        super().__init__(message, panel=panel, action=action)
+        self.status_code = status_code
+
+
+class RateLimitedError(HTTPStatusError):
+    """HTTP 429. `retry_after` holds the panel's Retry-After in seconds, when it sent one."""
+
+    def __init__(
+        self, message: str, *, panel: str = "", action: str = "", retry_after: float | None
+    ) -> None:
+        super().__init__(message, panel=panel, action=action, status_code=429)
+        self.retry_after = retry_after
+
+
+class InvalidResponseError(PanelError):
+    """The answer is not the JSON the API promises (HTML page, truncated JSON, wrong shape)."""
+
+
+class APIError(PanelError):
+    """The panel refused the request with `{"error": "..."}`; `panel_message` is its text."""
+
+    def __init__(self, panel_message: str, *, panel: str = "", action: str = "") -> None:
+        super().__init__(panel_message, panel=panel, action=action)
+        self.panel_message = panel_message
+
+
+class InsufficientFundsError(APIError):
+    """"Not enough funds on balance": stop submitting to this panel."""
+
+
+class AmbiguousSubmissionError(PanelError):
+    """A writing action (add, refill, cancel) may have reached the panel but got no answer.
+
+    The outcome is unknown: the caller must record it and never resend automatically.
+    `cause` is the underlying error.
+    """
+
+    def __init__(self, cause: PanelError, *, panel: str = "", action: str = "") -> None:
+        super().__init__(
+            f"outcome unknown, the request may have reached the panel ({cause.message})",
+            panel=panel,
+            action=action,
+        )
+        self.cause = cause
+
+
+class UnknownStatusError(InvalidResponseError):
+    """The panel used a status word we do not know; worth seeing, never guessed."""
+
+
+RETRYABLE = (TransportError, HTTPStatusError, InvalidResponseError)
