@@ -54,6 +54,7 @@ class RefillResult:
     order_id: int
     refill_id: int | None = None
     error: str | None = None
+    ambiguous: bool = False  # the request may have reached the panel; never resend blindly
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,4 @@ class CancelResult:
     order_id: int
     accepted: bool
     error: str | None = None
+    ambiguous: bool = False  # the request may have reached the panel; never resend blindly
