@@ -37,7 +37,9 @@ class TransportError(PanelError):
 class HTTPStatusError(PanelError):
     """The panel answered with an HTTP error status (4xx/5xx) and no usable JSON error."""
 
-    def __init__(self, message: str, *, panel: str = "", action: str = "", status_code: int) -> None:
+    def __init__(
+        self, message: str, *, panel: str = "", action: str = "", status_code: int
+    ) -> None:
         super().__init__(message, panel=panel, action=action)
         self.status_code = status_code
 
@@ -65,7 +67,7 @@ class APIError(PanelError):
 
 
 class InsufficientFundsError(APIError):
-    """"Not enough funds on balance": stop submitting to this panel."""
+    """ "Not enough funds on balance": stop submitting to this panel."""
 
 
 class AmbiguousSubmissionError(PanelError):
