@@ -1,0 +1,25 @@
+"""Assemble the code location from its parts, for the configured panels."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from smm_pipeline.config import load_settings
+from smm_pipeline.defs.catalog import build_catalog_defs
+from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
+
+
+def build_definitions(
+    panels_file: str | None = None, duckdb_path: str | None = None
+) -> dg.Definitions:
+    """The whole code location. Paths default to SMM_PANELS_FILE / SMM_DUCKDB_PATH."""
+    settings = load_settings(panels_file, check_keys=False)
+    return dg.Definitions.merge(
+        build_catalog_defs(settings.panel_names),
+        dg.Definitions(
+            resources={
+                "panels": PanelsResource(panels_file=panels_file),
+                "warehouse": WarehouseResource(path=duckdb_path),
+            }
+        ),
+    )

@@ -1,0 +1,57 @@
+"""Resources: the panel registry (panels.yaml + keys from the environment) and the warehouse.
+
+Keys never enter run config or resource config: `panels.yaml` names the environment variable of
+each panel's key (`key_env`), and the key is read from the process environment when a client is
+made. Only the path of panels.yaml and of the DuckDB file are resource config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from smm_pipeline.config import Settings, duckdb_path_from_env, load_settings
+from smm_pipeline.panel.client import PanelClient
+from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.snapshot import publish_snapshot
+
+
+class PanelsResource(dg.ConfigurableResource):
+    """The configured panels. `panels_file` defaults to SMM_PANELS_FILE or ./panels.yaml."""
+
+    panels_file: str | None = None
+
+    def settings(self) -> Settings:
+        return load_settings(self.panels_file, check_keys=False)
+
+    @contextmanager
+    def client(self, panel: str) -> Iterator[PanelClient]:
+        config = self.settings().panel(panel)
+        client = PanelClient(config, config.api_key())
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB warehouse. `path` defaults to SMM_DUCKDB_PATH or data/warehouse.duckdb."""
+
+    path: str | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.path) if self.path else duckdb_path_from_env()
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with connect(self.db_path) as conn:
+            yield conn
+
+    def publish(self) -> None:
+        """Refresh the analysts' read-only replica after a write."""
+        publish_snapshot(self.db_path)

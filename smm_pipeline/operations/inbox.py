@@ -1,0 +1,97 @@
+"""The drop folders: which files are complete, and where a handled file goes.
+
+A file is picked up once it is complete: written elsewhere and moved in (its modification time
+is then already old enough), or unchanged in size and mtime since the previous look. Hidden
+files, editors' lock files and partial downloads (`.tmp`, `.part`, `.crdownload`, `~`) are left
+alone. Only files ending in `.csv` are read.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+KINDS = ("orders", "refills", "cancels")
+SETTLE_SECONDS = 5.0
+_PARTIAL_SUFFIXES = (".tmp", ".part", ".crdownload", ".partial", "~")
+
+
+@dataclass(frozen=True)
+class Folders:
+    data_dir: Path
+
+    def inbox(self, kind: str) -> Path:
+        return self.data_dir / "inbox" / kind
+
+    @property
+    def processed(self) -> Path:
+        return self.data_dir / "processed"
+
+    @property
+    def rejected(self) -> Path:
+        return self.data_dir / "rejected"
+
+    def ensure(self) -> None:
+        for kind in KINDS:
+            self.inbox(kind).mkdir(parents=True, exist_ok=True)
+        self.processed.mkdir(parents=True, exist_ok=True)
+        self.rejected.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class Observation:
+    name: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def stamp(self) -> list[int]:
+        return [self.size, self.mtime_ns]
+
+
+def observe(folder: Path) -> list[Observation]:
+    """The candidate CSV files in a drop folder, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if (
+                name.startswith((".", "~$"))
+                or name.lower().endswith(_PARTIAL_SUFFIXES)
+                or not name.lower().endswith(".csv")
+                or not entry.is_file(follow_symlinks=False)
+            ):
+                continue
+            st = entry.stat(follow_symlinks=False)
+            found.append(Observation(name, st.st_size, st.st_mtime_ns))
+    return sorted(found, key=lambda o: (o.mtime_ns, o.name))
+
+
+def is_complete(
+    obs: Observation,
+    previous: list[int] | None,
+    *,
+    now: float | None = None,
+    settle_seconds: float = SETTLE_SECONDS,
+) -> bool:
+    """Complete when unchanged since the last look, or not touched for `settle_seconds`."""
+    if previous is not None and list(previous[:2]) == obs.stamp:
+        return True
+    now = time.time() if now is None else now
+    return now - obs.mtime_ns / 1e9 >= settle_seconds
+
+
+def move_handled(source: Path, target_dir: Path) -> Path:
+    """Move a handled file out of the inbox without overwriting an earlier one of that name."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / source.name
+    if target.exists():
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        target = target_dir / f"{source.stem}.{stamp}{source.suffix}"
+    os.replace(source, target)
+    return target

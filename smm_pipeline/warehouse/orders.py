@@ -1,0 +1,252 @@
+"""The `orders` table as an outbox: rows are recorded before their `add` is sent.
+
+States (`submit_state`): pending (recorded, not sent) → sending (the `add` may be in flight) →
+submitted | failed | ambiguous; the operator may later turn ambiguous into submitted
+(attach the panel's id), pending (resubmit on purpose) or abandoned. A row left in `sending` by
+a crash becomes ambiguous: it may have reached the panel, so it is never resent by itself.
+
+Every write is one set-based statement over a DataFrame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import duckdb
+import pandas as pd
+
+SUBMIT_STATES = ("pending", "sending", "submitted", "ambiguous", "failed", "abandoned")
+# A ref in one of these states may be sent again by a later file: it never reached the panel.
+RESUBMITTABLE_STATES = ("failed",)
+
+OUTBOX_COLUMNS = [
+    "panel", "ref", "source_file", "file_hash", "row_number", "campaign", "service_id",
+    "service_type", "link", "quantity", "params", "estimated_cost",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ExistingRef:
+    panel: str
+    ref: str
+    submit_state: str
+    order_id: int | None
+    source_file: str | None
+
+
+def existing_refs(
+    conn: duckdb.DuckDBPyConnection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], ExistingRef]:
+    """Rows already recorded for these (panel, ref) keys."""
+    frame = pd.DataFrame(list(keys), columns=["panel", "ref"])
+    if frame.empty:
+        return {}
+    conn.register("_keys", frame)
+    try:
+        rows = conn.execute(
+            """
+            SELECT o.panel, o.ref, o.submit_state, o.order_id, o.source_file
+            FROM orders o JOIN _keys k ON o.panel = k.panel AND o.ref = k.ref
+            """
+        ).fetchall()
+    finally:
+        conn.unregister("_keys")
+    return {(r[0], r[1]): ExistingRef(*r) for r in rows}
+
+
+def record_pending(
+    conn: duckdb.DuckDBPyConnection, rows: pd.DataFrame, created_at: datetime
+) -> int:
+    """Insert new rows as `pending`; rows whose ref previously failed are reset to pending
+    under the new file. Rows with refs in any other state must be filtered out by the caller.
+    Returns the number of rows written."""
+    if rows.empty:
+        return 0
+    frame = rows[OUTBOX_COLUMNS].copy()
+    frame["estimated_cost"] = frame["estimated_cost"].map(str)
+    conn.register("_pending", frame)
+    try:
+        conn.execute(
+            """
+            INSERT INTO orders (panel, ref, source_file, file_hash, row_number, campaign,
+                service_id, service_type, link, quantity, params, estimated_cost, created_at,
+                submit_state)
+            SELECT panel, ref, source_file, file_hash, row_number, campaign, service_id,
+                service_type, link, quantity, params, CAST(estimated_cost AS DECIMAL(18,6)),
+                ?, 'pending'
+            FROM _pending
+            ON CONFLICT (panel, ref) DO UPDATE SET
+                source_file = excluded.source_file, file_hash = excluded.file_hash,
+                row_number = excluded.row_number, campaign = excluded.campaign,
+                service_id = excluded.service_id, service_type = excluded.service_type,
+                link = excluded.link, quantity = excluded.quantity, params = excluded.params,
+                estimated_cost = excluded.estimated_cost, created_at = excluded.created_at,
+                submit_state = 'pending', submit_error = NULL, order_id = NULL,
+                submitted_at = NULL
+            """,
+            [created_at],
+        )
+    finally:
+        conn.unregister("_pending")
+    return len(frame)
+
+
+def mark_interrupted_as_ambiguous(
+    conn: duckdb.DuckDBPyConnection, file_hash: str | None = None
+) -> int:
+    """Rows left in `sending` (a run died mid-send) become ambiguous. Returns how many."""
+    where = "submit_state = 'sending'" + (" AND file_hash = ?" if file_hash else "")
+    params = [file_hash] if file_hash else []
+    count = conn.execute(f"SELECT count(*) FROM orders WHERE {where}", params).fetchone()[0]
+    if count:
+        conn.execute(
+            f"""
+            UPDATE orders SET submit_state = 'ambiguous',
+                submit_error = 'interrupted while sending: the order may exist on the panel'
+            WHERE {where}
+            """,
+            params,
+        )
+    return count
+
+
+def pending_rows(conn: duckdb.DuckDBPyConnection, file_hash: str) -> pd.DataFrame:
+    """The file's rows still to send, in file order."""
+    return conn.execute(
+        """
+        SELECT panel, ref, row_number, service_id, service_type, params, estimated_cost
+        FROM orders WHERE file_hash = ? AND submit_state = 'pending'
+        ORDER BY row_number
+        """,
+        [file_hash],
+    ).df()
+
+
+def mark_sending(conn: duckdb.DuckDBPyConnection, panel: str, refs: Sequence[str]) -> None:
+    """Durably flag rows as possibly in flight, before their requests leave."""
+    conn.execute(
+        """
+        UPDATE orders SET submit_state = 'sending'
+        WHERE panel = ? AND submit_state = 'pending' AND list_contains(?, ref)
+        """,
+        [panel, list(refs)],
+    )
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    panel: str
+    ref: str
+    submit_state: str  # submitted | failed | ambiguous | pending
+    order_id: int | None = None
+    error: str | None = None
+    submitted_at: datetime | None = None
+
+
+def record_outcomes(conn: duckdb.DuckDBPyConnection, outcomes: Sequence[SubmitOutcome]) -> None:
+    """Write the outcomes of one window of sends in one statement."""
+    if not outcomes:
+        return
+    frame = pd.DataFrame(
+        {
+            "panel": [o.panel for o in outcomes],
+            "ref": [o.ref for o in outcomes],
+            "submit_state": [o.submit_state for o in outcomes],
+            "order_id": pd.array([o.order_id for o in outcomes], dtype="Int64"),
+            "error": pd.array([o.error for o in outcomes], dtype="string"),
+            "submitted_at": pd.to_datetime([o.submitted_at for o in outcomes], utc=True),
+        }
+    )
+    conn.register("_outcomes", frame)
+    try:
+        conn.execute(
+            """
+            UPDATE orders SET submit_state = u.submit_state, order_id = u.order_id,
+                submit_error = u.error, submitted_at = u.submitted_at,
+                next_poll_at = CASE WHEN u.submit_state = 'submitted'
+                                    THEN u.submitted_at END,
+                updated_at = u.submitted_at
+            FROM _outcomes u
+            WHERE orders.panel = u.panel AND orders.ref = u.ref
+            """
+        )
+    finally:
+        conn.unregister("_outcomes")
+
+
+def file_rows(conn: duckdb.DuckDBPyConnection, file_hash: str) -> pd.DataFrame:
+    """Every row recorded for a file, in file order, for the results report."""
+    return conn.execute(
+        """
+        SELECT row_number, ref, panel, service_id, order_id, submit_state, submit_error,
+               estimated_cost
+        FROM orders WHERE file_hash = ? ORDER BY row_number
+        """,
+        [file_hash],
+    ).df()
+
+
+def ambiguous_orders(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return conn.execute(
+        """
+        SELECT panel, ref, source_file, row_number, service_id, link, quantity,
+               estimated_cost, submit_error, created_at
+        FROM orders WHERE submit_state = 'ambiguous' ORDER BY created_at, panel, ref
+        """
+    ).df()
+
+
+def resolve_rows(
+    conn: duckdb.DuckDBPyConnection,
+    resolutions: Sequence[tuple[str, str, str, int | None]],
+    resolved_at: datetime,
+) -> dict[tuple[str, str], str]:
+    """Apply operator resolutions (panel, ref, action, order_id) to ambiguous rows.
+
+    attach → submitted with the panel's order id; resubmit → pending (sent by the caller);
+    abandon → abandoned. Returns an error message per key that could not be applied."""
+    errors: dict[tuple[str, str], str] = {}
+    current = existing_refs(conn, [(p, r) for p, r, _, _ in resolutions])
+    for panel, ref, action, order_id in resolutions:
+        row = current.get((panel, ref))
+        if row is None:
+            errors[(panel, ref)] = f"no order with ref {ref!r} on panel {panel!r}"
+        elif row.submit_state != "ambiguous":
+            errors[(panel, ref)] = f"ref {ref!r} is {row.submit_state}, not ambiguous"
+        elif action == "attach" and order_id is None:
+            errors[(panel, ref)] = "attach needs the panel's order_id"
+        elif action not in ("attach", "resubmit", "abandon"):
+            errors[(panel, ref)] = f"unknown action {action!r} (attach, resubmit or abandon)"
+    ok = [r for r in resolutions if (r[0], r[1]) not in errors]
+    if ok:
+        frame = pd.DataFrame(ok, columns=["panel", "ref", "action", "order_id"])
+        frame["order_id"] = pd.array(frame["order_id"], dtype="Int64")
+        conn.register("_res", frame)
+        try:
+            conn.execute(
+                """
+                UPDATE orders SET
+                    submit_state = CASE r.action WHEN 'attach' THEN 'submitted'
+                        WHEN 'resubmit' THEN 'pending' ELSE 'abandoned' END,
+                    order_id = CASE WHEN r.action = 'attach' THEN r.order_id ELSE NULL END,
+                    submit_error = CASE r.action WHEN 'attach' THEN NULL
+                        WHEN 'resubmit' THEN NULL
+                        ELSE 'abandoned by the operator: ' || coalesce(submit_error, '') END,
+                    submitted_at = CASE WHEN r.action = 'attach'
+                        THEN coalesce(submitted_at, ?) END,
+                    next_poll_at = CASE WHEN r.action = 'attach' THEN ? END,
+                    updated_at = ?
+                FROM _res r WHERE orders.panel = r.panel AND orders.ref = r.ref
+                """,
+                [resolved_at, resolved_at, resolved_at],
+            )
+        finally:
+            conn.unregister("_res")
+    return errors
+
+
+def total_estimated(frame: pd.DataFrame) -> Decimal:
+    return sum((Decimal(str(v)) for v in frame["estimated_cost"]), Decimal(0))
