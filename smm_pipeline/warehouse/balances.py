@@ -1,0 +1,43 @@
+"""Panel balances: an append-only series, so runway and spend can be read back over time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import duckdb
+
+from smm_pipeline.panel.models import Balance
+from smm_pipeline.warehouse.timestamps import require_aware
+
+
+@dataclass(frozen=True)
+class BalanceRow:
+    panel: str
+    balance: Decimal
+    currency: str | None
+    fetched_at: datetime
+
+
+def record_balance(
+    conn: duckdb.DuckDBPyConnection, panel: str, balance: Balance, fetched_at: datetime
+) -> None:
+    """Append one observation; earlier ones are never updated."""
+    conn.execute(
+        "INSERT INTO balances (panel, fetched_at, balance, currency) "
+        "VALUES (?, ?, CAST(? AS DECIMAL(18,6)), ?)",
+        [panel, require_aware(fetched_at, "fetched_at"), str(balance.balance), balance.currency],
+    )
+
+
+def latest_balances(conn: duckdb.DuckDBPyConnection) -> dict[str, BalanceRow]:
+    """The most recent observation of each panel, keyed by panel name."""
+    rows = conn.execute(
+        """
+        SELECT panel, balance, currency, fetched_at
+        FROM balances
+        QUALIFY row_number() OVER (PARTITION BY panel ORDER BY fetched_at DESC) = 1
+        """
+    ).fetchall()
+    return {r[0]: BalanceRow(*r) for r in rows}

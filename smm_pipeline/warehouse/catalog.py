@@ -1,0 +1,262 @@
+"""The service catalog: one set-based sync per fetch, with a change log.
+
+A panel's catalog holds thousands of services and changes a little at a time, so the fetched
+list is loaded as one DataFrame and diffed against the stored rows in SQL: one MERGE writes
+`services`, one INSERT writes every `service_changes` row. Services that vanish are kept with
+active=false (orders and analytics still refer to them), never deleted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import duckdb
+import pandas as pd
+
+from smm_pipeline.panel.models import Service
+from smm_pipeline.warehouse.timestamps import require_aware
+
+TRACKED_FIELDS = ("name", "type", "category", "rate", "min", "max", "refill", "cancel")
+_CHANGE_COLUMNS = ["panel", "service_id", "changed_at", "field", "old_value", "new_value"]
+
+
+@dataclass(frozen=True)
+class ServiceRow:
+    """A stored catalog entry: the panel's service plus our lifecycle columns."""
+
+    panel: str
+    service_id: int
+    name: str
+    type: str
+    category: str
+    rate: Decimal
+    min: int
+    max: int
+    refill: bool
+    cancel: bool
+    active: bool
+    first_seen_at: datetime
+    last_seen_at: datetime
+
+    def as_service(self) -> Service:
+        return Service(
+            service_id=self.service_id,
+            name=self.name,
+            type=self.type,
+            category=self.category,
+            rate=self.rate,
+            min=self.min,
+            max=self.max,
+            refill=self.refill,
+            cancel=self.cancel,
+        )
+
+
+@dataclass(frozen=True)
+class CatalogSyncResult:
+    """What one sync did. `changes` holds the rows written to service_changes."""
+
+    panel: str
+    synced_at: datetime
+    services: int
+    new: int
+    changed: int
+    vanished: int
+    reappeared: int
+    changes: pd.DataFrame
+
+    def preview_markdown(self, limit: int = 50) -> str:
+        """The first `limit` change rows as a markdown table, for Dagster metadata."""
+        if self.changes.empty:
+            return "No changes."
+        shown = self.changes.head(limit).drop(columns=["panel", "changed_at"])
+        text = shown.to_markdown(index=False)
+        if len(self.changes) > limit:
+            text += f"\n\n… and {len(self.changes) - limit} more change rows"
+        return text
+
+
+def _fetched_frame(services: Sequence[Service]) -> pd.DataFrame:
+    # rate travels as text and is cast to DECIMAL in SQL: no float ever touches it.
+    return pd.DataFrame(
+        {
+            "pos": range(len(services)),
+            "service_id": [int(s.service_id) for s in services],
+            "name": [s.name for s in services],
+            "type": [s.type for s in services],
+            "category": [s.category for s in services],
+            "rate": [str(s.rate) for s in services],
+            "min": [int(s.min) for s in services],
+            "max": [int(s.max) for s in services],
+            "refill": [bool(s.refill) for s in services],
+            "cancel": [bool(s.cancel) for s in services],
+        }
+    )
+
+
+def _as_text(column: str) -> str:
+    if column == "rate":
+        # '0.900000' -> '0.9', '10.000000' -> '10': the cast always yields a decimal point.
+        return f"rtrim(rtrim(CAST({{side}}.{column} AS VARCHAR), '0'), '.')"
+    return f"CAST({{side}}.{column} AS VARCHAR)"
+
+
+def _changes_sql(fetched: str, changes: str) -> str:
+    field_diffs = "\n".join(
+        f"""UNION ALL
+        SELECT f.service_id, '{col}', {_as_text(col).format(side="s")},
+               {_as_text(col).format(side="f")}
+        FROM {fetched} AS f JOIN stored AS s USING (service_id)
+        WHERE s.{col} IS DISTINCT FROM f.{col}"""
+        for col in TRACKED_FIELDS
+    )
+    return f"""
+    CREATE TEMP TABLE {changes} AS
+    WITH stored AS (SELECT * FROM services WHERE panel = $panel),
+    diff AS (
+        SELECT f.service_id, 'appeared' AS field, NULL AS old_value, f.name AS new_value
+        FROM {fetched} AS f ANTI JOIN stored AS s USING (service_id)
+        UNION ALL
+        SELECT f.service_id, 'reappeared', NULL, f.name
+        FROM {fetched} AS f JOIN stored AS s USING (service_id)
+        WHERE NOT s.active
+        UNION ALL
+        SELECT s.service_id, 'disappeared', s.name, NULL
+        FROM stored AS s ANTI JOIN {fetched} AS f USING (service_id)
+        WHERE s.active
+        {field_diffs}
+    )
+    SELECT CAST($panel AS VARCHAR) AS panel, CAST(service_id AS BIGINT) AS service_id,
+           CAST($synced_at AS TIMESTAMPTZ) AS changed_at, CAST(field AS VARCHAR) AS field,
+           CAST(old_value AS VARCHAR) AS old_value, CAST(new_value AS VARCHAR) AS new_value
+    FROM diff
+    """
+
+
+def _merge_sql(fetched: str) -> str:
+    updates = ", ".join(f"{col} = f.{col}" for col in TRACKED_FIELDS)
+    columns = ", ".join(TRACKED_FIELDS)
+    values = ", ".join(f"f.{col}" for col in TRACKED_FIELDS)
+    return f"""
+    MERGE INTO services AS s
+    USING (SELECT * FROM {fetched}) AS f
+    ON s.panel = $panel AND s.service_id = f.service_id
+    WHEN MATCHED THEN UPDATE SET {updates}, active = true, last_seen_at = $synced_at
+    WHEN NOT MATCHED BY TARGET THEN
+        INSERT (panel, service_id, {columns}, active, first_seen_at, last_seen_at)
+        VALUES ($panel, f.service_id, {values}, true, $synced_at, $synced_at)
+    WHEN NOT MATCHED BY SOURCE AND s.panel = $panel AND s.active THEN
+        UPDATE SET active = false
+    """
+
+
+def sync_catalog(
+    conn: duckdb.DuckDBPyConnection,
+    panel: str,
+    services: Sequence[Service],
+    synced_at: datetime,
+) -> CatalogSyncResult:
+    """Store a freshly fetched catalog for `panel` and log every difference, atomically.
+
+    Runs in its own transaction. A service listed twice keeps its last entry. An empty list is
+    refused while the panel has active services: a panel glitch must not mark the whole
+    catalog vanished.
+    """
+    synced_at = require_aware(synced_at, "synced_at")
+    if not services:
+        active = conn.execute(
+            "SELECT count(*) FROM services WHERE panel = ? AND active", [panel]
+        ).fetchone()[0]
+        if active:
+            raise ValueError(
+                f"panel {panel!r} answered an empty catalog while {active} services are "
+                f"active; refusing to mark them all vanished (check the panel and retry)"
+            )
+    suffix = uuid.uuid4().hex[:12]
+    frame_name, fetched, changes = f"_fetched_df_{suffix}", f"_fetched_{suffix}", f"_chg_{suffix}"
+    params = {"panel": panel, "synced_at": synced_at}
+    conn.register(frame_name, _fetched_frame(services))
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(
+            f"""
+            CREATE TEMP TABLE {fetched} AS
+            SELECT CAST(service_id AS BIGINT) AS service_id, CAST(name AS VARCHAR) AS name,
+                   CAST(type AS VARCHAR) AS type, CAST(category AS VARCHAR) AS category,
+                   CAST(rate AS DECIMAL(18,6)) AS rate, CAST(min AS BIGINT) AS min,
+                   CAST(max AS BIGINT) AS max, CAST(refill AS BOOLEAN) AS refill,
+                   CAST(cancel AS BOOLEAN) AS cancel
+            FROM {frame_name}
+            QUALIFY row_number() OVER (PARTITION BY service_id ORDER BY pos DESC) = 1
+            """
+        )
+        conn.execute(_changes_sql(fetched, changes), params)
+        conn.execute(_merge_sql(fetched), params)
+        conn.execute(f"INSERT INTO service_changes SELECT * FROM {changes}")
+        counts = conn.execute(
+            f"""
+            SELECT (SELECT count(*) FROM {fetched}),
+                   count(*) FILTER (WHERE field = 'appeared'),
+                   count(DISTINCT service_id) FILTER (WHERE field IN {TRACKED_FIELDS}),
+                   count(*) FILTER (WHERE field = 'disappeared'),
+                   count(*) FILTER (WHERE field = 'reappeared')
+            FROM {changes}
+            """
+        ).fetchone()
+        total, new, changed, vanished, reappeared = (int(c) for c in counts)
+        conn.execute(
+            "INSERT INTO catalog_syncs VALUES ($panel, $synced_at, $n, $new, $chg, $van, $re)",
+            {**params, "n": total, "new": new, "chg": changed, "van": vanished, "re": reappeared},
+        )
+        frame = conn.execute(f"SELECT * FROM {changes} ORDER BY service_id, field").df()
+        conn.execute(f"DROP TABLE {fetched}")
+        conn.execute(f"DROP TABLE {changes}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.unregister(frame_name)
+    return CatalogSyncResult(
+        panel=panel,
+        synced_at=synced_at,
+        services=total,
+        new=new,
+        changed=changed,
+        vanished=vanished,
+        reappeared=reappeared,
+        changes=frame[_CHANGE_COLUMNS],
+    )
+
+
+def load_catalog(
+    conn: duckdb.DuckDBPyConnection, panel: str | None = None
+) -> dict[tuple[str, int], ServiceRow]:
+    """Every stored service (of one panel, or all), active or not, keyed by (panel, id)."""
+    sql = (
+        "SELECT panel, service_id, name, type, category, rate, min, max, refill, cancel, "
+        "active, first_seen_at, last_seen_at FROM services"
+    )
+    rows = (
+        conn.execute(sql + " WHERE panel = ?", [panel]).fetchall()
+        if panel is not None
+        else conn.execute(sql).fetchall()
+    )
+    return {(r[0], int(r[1])): ServiceRow(*r) for r in rows}
+
+
+def catalog_age(
+    conn: duckdb.DuckDBPyConnection, panel: str, *, now: datetime | None = None
+) -> timedelta | None:
+    """Time since the panel's last catalog sync, or None when it was never synced."""
+    last = conn.execute(
+        "SELECT max(synced_at) FROM catalog_syncs WHERE panel = ?", [panel]
+    ).fetchone()[0]
+    if last is None:
+        return None
+    current = datetime.now(UTC) if now is None else require_aware(now, "now")
+    return current - last

@@ -1,0 +1,132 @@
+"""The tables of migration 001 (SPEC §5 plus the columns the pipeline needs).
+
+Money is DECIMAL(18,6) and every timestamp TIMESTAMPTZ stored in UTC. The CHECK constraints
+pin the state words the SPEC defines, so a typo in a writer fails loudly instead of producing a
+row no view counts.
+"""
+
+from __future__ import annotations
+
+INITIAL_SCHEMA = """
+CREATE TABLE services (
+    panel VARCHAR NOT NULL,
+    service_id BIGINT NOT NULL,
+    name VARCHAR,
+    type VARCHAR,
+    category VARCHAR,
+    rate DECIMAL(18,6),
+    min BIGINT,
+    max BIGINT,
+    refill BOOLEAN,
+    cancel BOOLEAN,
+    active BOOLEAN NOT NULL,
+    first_seen_at TIMESTAMPTZ NOT NULL,
+    last_seen_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (panel, service_id)
+);
+
+CREATE TABLE service_changes (
+    panel VARCHAR NOT NULL,
+    service_id BIGINT NOT NULL,
+    changed_at TIMESTAMPTZ NOT NULL,
+    field VARCHAR NOT NULL CHECK (field IN ('name', 'type', 'category', 'rate', 'min', 'max',
+        'refill', 'cancel', 'appeared', 'disappeared', 'reappeared')),
+    old_value VARCHAR,
+    new_value VARCHAR
+);
+
+CREATE TABLE catalog_syncs (
+    panel VARCHAR NOT NULL,
+    synced_at TIMESTAMPTZ NOT NULL,
+    services BIGINT NOT NULL,
+    new BIGINT NOT NULL,
+    changed BIGINT NOT NULL,
+    vanished BIGINT NOT NULL,
+    reappeared BIGINT NOT NULL
+);
+
+CREATE TABLE balances (
+    panel VARCHAR NOT NULL,
+    fetched_at TIMESTAMPTZ NOT NULL,
+    balance DECIMAL(18,6) NOT NULL,
+    currency VARCHAR
+);
+
+CREATE TABLE orders (
+    panel VARCHAR NOT NULL,
+    ref VARCHAR NOT NULL,
+    order_id BIGINT,
+    source_file VARCHAR,
+    file_hash VARCHAR,
+    row_number INTEGER,
+    campaign VARCHAR,
+    service_id BIGINT,
+    service_type VARCHAR,
+    link VARCHAR,
+    quantity BIGINT,
+    params VARCHAR,
+    estimated_cost DECIMAL(18,6),
+    created_at TIMESTAMPTZ,
+    submitted_at TIMESTAMPTZ,
+    submit_state VARCHAR NOT NULL CHECK (submit_state IN ('pending', 'sending', 'submitted',
+        'ambiguous', 'failed', 'abandoned')),
+    submit_error VARCHAR,
+    status VARCHAR,
+    raw_status VARCHAR,
+    charge DECIMAL(18,6),
+    start_count BIGINT,
+    remains BIGINT,
+    currency VARCHAR,
+    updated_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ,
+    last_change_at TIMESTAMPTZ,
+    next_poll_at TIMESTAMPTZ,
+    poll_error VARCHAR,
+    subscription_expiry VARCHAR,
+    subscription_posts BIGINT,
+    subscription_orders VARCHAR,
+    PRIMARY KEY (panel, ref)
+);
+
+CREATE TABLE order_status_history (
+    panel VARCHAR NOT NULL,
+    order_id BIGINT NOT NULL,
+    observed_at TIMESTAMPTZ NOT NULL,
+    status VARCHAR,
+    raw_status VARCHAR,
+    charge DECIMAL(18,6),
+    start_count BIGINT,
+    remains BIGINT
+);
+
+CREATE TABLE refills (
+    panel VARCHAR NOT NULL,
+    refill_id BIGINT,
+    order_id BIGINT NOT NULL,
+    requested_at TIMESTAMPTZ NOT NULL,
+    request_state VARCHAR NOT NULL CHECK (request_state IN ('submitted', 'failed', 'ambiguous')),
+    error VARCHAR,
+    source_file VARCHAR,
+    status VARCHAR,
+    raw_status VARCHAR,
+    updated_at TIMESTAMPTZ
+);
+
+CREATE TABLE cancels (
+    panel VARCHAR NOT NULL,
+    order_id BIGINT NOT NULL,
+    requested_at TIMESTAMPTZ NOT NULL,
+    result VARCHAR NOT NULL CHECK (result IN ('accepted', 'refused', 'ambiguous')),
+    error VARCHAR,
+    source_file VARCHAR
+);
+
+CREATE TABLE processed_files (
+    file_hash VARCHAR PRIMARY KEY,
+    kind VARCHAR,
+    file_name VARCHAR,
+    first_seen_at TIMESTAMPTZ,
+    outcome VARCHAR,
+    rows BIGINT
+);
+"""
