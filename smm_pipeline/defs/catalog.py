@@ -1,8 +1,6 @@
 """Assets `service_catalog` and `panel_balances`, one partition per panel, their schedules and
 the low-balance checks."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator, Sequence
 
 import dagster as dg
@@ -141,7 +139,7 @@ def build_catalog_defs(panel_names: Sequence[str]) -> dg.Definitions:
         description="Fetch one panel's balance and evaluate the low-balance checks.",
     )
 
-    def per_panel_schedule(name: str, cron: str, job: dg.UnresolvedAssetJobDefinition):
+    def per_panel_schedule(name: str, cron: str, job):
         @dg.schedule(
             name=name,
             cron_schedule=cron,

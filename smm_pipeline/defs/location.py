@@ -6,6 +6,7 @@ import dagster as dg
 
 from smm_pipeline.config import load_settings
 from smm_pipeline.defs.catalog import build_catalog_defs
+from smm_pipeline.defs.orders import order_csv_sensor, submit_orders
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
 
 
@@ -16,6 +17,7 @@ def build_definitions(
     settings = load_settings(panels_file, check_keys=False)
     return dg.Definitions.merge(
         build_catalog_defs(settings.panel_names),
+        dg.Definitions(jobs=[submit_orders], sensors=[order_csv_sensor]),
         dg.Definitions(
             resources={
                 "panels": PanelsResource(panels_file=panels_file),

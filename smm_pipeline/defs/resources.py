@@ -7,7 +7,7 @@ made. Only the path of panels.yaml and of the DuckDB file are resource config.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,6 +36,21 @@ class PanelsResource(dg.ConfigurableResource):
             yield client
         finally:
             client.close()
+
+    @contextmanager
+    def clients(
+        self, settings: Settings, only: Iterable[str] | None = None
+    ) -> Iterator[dict[str, PanelClient]]:
+        """Clients for the enabled panels (or `only` those), closed on exit."""
+        wanted = set(settings.panel_names if only is None else only)
+        clients = {
+            p.name: PanelClient(p, p.api_key()) for p in settings.enabled_panels if p.name in wanted
+        }
+        try:
+            yield clients
+        finally:
+            for client in clients.values():
+                client.close()
 
 
 class WarehouseResource(dg.ConfigurableResource):

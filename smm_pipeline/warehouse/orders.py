@@ -35,6 +35,7 @@ class ExistingRef:
     submit_state: str
     order_id: int | None
     source_file: str | None
+    file_hash: str | None
 
 
 def existing_refs(
@@ -48,7 +49,7 @@ def existing_refs(
     try:
         rows = conn.execute(
             """
-            SELECT o.panel, o.ref, o.submit_state, o.order_id, o.source_file
+            SELECT o.panel, o.ref, o.submit_state, o.order_id, o.source_file, o.file_hash
             FROM orders o JOIN _keys k ON o.panel = k.panel AND o.ref = k.ref
             """
         ).fetchall()
@@ -250,3 +251,31 @@ def resolve_rows(
 
 def total_estimated(frame: pd.DataFrame) -> Decimal:
     return sum((Decimal(str(v)) for v in frame["estimated_cost"]), Decimal(0))
+
+
+def count_file_rows(conn: duckdb.DuckDBPyConnection, file_hash: str) -> int:
+    return conn.execute("SELECT count(*) FROM orders WHERE file_hash = ?", [file_hash]).fetchone()[
+        0
+    ]
+
+
+def record_file(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    file_hash: str,
+    kind: str,
+    file_name: str,
+    outcome: str,
+    rows: int,
+    seen_at: datetime,
+) -> None:
+    """Remember a handled drop file (first sighting kept, latest outcome)."""
+    conn.execute(
+        """
+        INSERT INTO processed_files (file_hash, kind, file_name, first_seen_at, outcome, rows)
+        VALUES (?, ?, ?, ?, ?, ?)
+        ON CONFLICT (file_hash) DO UPDATE SET outcome = excluded.outcome, rows = excluded.rows,
+            file_name = excluded.file_name
+        """,
+        [file_hash, kind, file_name, seen_at, outcome, rows],
+    )

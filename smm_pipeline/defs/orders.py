@@ -1,0 +1,139 @@
+"""`order_csv_sensor` → `submit_orders`: validate a dropped file, submit it, report it.
+
+The sensor only looks at the folder (no API, no DuckDB). The job's three steps each hold the
+`duckdb` pool; the file leaves the inbox only in the last step (or when it is refused).
+"""
+
+import dagster as dg
+
+from smm_pipeline.defs.files import FileRunConfig, file_drop_sensor
+from smm_pipeline.defs.metadata import frame_preview, money
+from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
+from smm_pipeline.operations.order_files import (
+    OrderFileRejected,
+    PreparedOrderFile,
+    finish_order_file,
+    prepare_order_file,
+)
+from smm_pipeline.operations.submission import submit_file
+
+
+@dg.op(pool="duckdb", description="Read the dropped file, validate every row, record the outbox.")
+def validate_order_file(
+    context: dg.OpExecutionContext,
+    config: FileRunConfig,
+    panels: PanelsResource,
+    warehouse: WarehouseResource,
+) -> PreparedOrderFile:
+    settings = panels.settings()
+    try:
+        with panels.clients(settings) as clients:
+            prepared = prepare_order_file(
+                settings, warehouse.db_path, config.file_name, config.file_hash, clients,
+                log=context.log.info,
+            )  # fmt: skip
+    except OrderFileRejected as rejected:
+        warehouse.publish()
+        raise dg.Failure(
+            description=rejected.summary,
+            metadata={
+                "file": config.file_name,
+                "errors": len(rejected.errors),
+                "errors_file": str(rejected.errors_file),
+                "first_errors": dg.MetadataValue.md(rejected.preview_markdown()),
+            },
+        ) from None
+    for refresh in prepared.catalog_refreshes:
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key="service_catalog",
+                partition=refresh.panel,
+                description="refreshed before validating an order file",
+                metadata={
+                    "dagster/row_count": refresh.result.services,
+                    "changed_services": refresh.result.changed,
+                },
+            )
+        )
+    context.add_output_metadata(
+        {
+            "rows": prepared.rows,
+            "to_submit": prepared.to_submit,
+            "already_submitted": len(prepared.skipped),
+            "estimated_spend": money(prepared.estimated_spend),
+            "resumed": prepared.resumed,
+        }
+    )
+    return prepared
+
+
+@dg.op(pool="duckdb", description="Send the file's pending rows, exactly once.")
+def submit_order_rows(
+    context: dg.OpExecutionContext,
+    prepared: PreparedOrderFile,
+    panels: PanelsResource,
+    warehouse: WarehouseResource,
+) -> PreparedOrderFile:
+    settings = panels.settings()
+    with panels.clients(settings, only=prepared.panels) as clients:
+        report = submit_file(
+            warehouse.db_path, prepared.file_hash, clients, progress=context.log.info
+        )
+    context.add_output_metadata(
+        {
+            "to_send": report.total,
+            "submitted": report.submitted,
+            "failed": report.failed,
+            "ambiguous": report.ambiguous + report.recovered_ambiguous,
+            "estimated_spend_submitted": money(report.estimated_spend),
+            "api_calls": report.calls,
+            "seconds": round(report.seconds, 2),
+        }
+    )
+    return prepared
+
+
+@dg.op(pool="duckdb", description="Write <name>.results.csv and move the file to processed/.")
+def report_order_file(
+    context: dg.OpExecutionContext,
+    prepared: PreparedOrderFile,
+    panels: PanelsResource,
+    warehouse: WarehouseResource,
+) -> None:
+    settings = panels.settings()
+    with panels.clients(settings, only=prepared.panels) as clients:
+        summary = finish_order_file(settings, warehouse.db_path, prepared, clients)
+    warehouse.publish()
+    context.log.info(summary.line)
+    context.add_output_metadata(
+        {
+            "file": prepared.file_name,
+            "results_file": str(summary.results_file),
+            "rows": summary.rows,
+            "submitted": summary.submitted,
+            "failed": summary.failed,
+            "ambiguous": summary.ambiguous,
+            "already_submitted": summary.skipped,
+            "estimated_spend": money(summary.estimated_spend),
+            "actual_spend": dg.MetadataValue.md(summary.actual_spend_markdown()),
+            "results": frame_preview(summary.results),
+        }
+    )
+    if summary.ambiguous:
+        context.log.warning(
+            f"{summary.ambiguous} rows are ambiguous: see the ambiguous_submissions check and "
+            "resolve them with the resolve_ambiguous_orders job (README)"
+        )
+
+
+@dg.job(
+    description="Validate and submit one dropped order file (launched by order_csv_sensor).",
+    tags={"smm/kind": "orders"},
+)
+def submit_orders():
+    report_order_file(submit_order_rows(validate_order_file()))
+
+
+order_csv_sensor = file_drop_sensor(
+    "order_csv_sensor", "orders", submit_orders, op_name="validate_order_file"
+)
