@@ -6,6 +6,13 @@ import dagster as dg
 
 from smm_pipeline.config import load_settings
 from smm_pipeline.defs.catalog import build_catalog_defs
+from smm_pipeline.defs.checks import (
+    order_checks,
+    order_checks_job,
+    order_checks_schedule,
+    orders_asset,
+    resolve_ambiguous_orders,
+)
 from smm_pipeline.defs.orders import order_csv_sensor, submit_orders
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
 
@@ -17,7 +24,13 @@ def build_definitions(
     settings = load_settings(panels_file, check_keys=False)
     return dg.Definitions.merge(
         build_catalog_defs(settings.panel_names),
-        dg.Definitions(jobs=[submit_orders], sensors=[order_csv_sensor]),
+        dg.Definitions(
+            assets=[orders_asset],
+            asset_checks=[order_checks],
+            jobs=[submit_orders, resolve_ambiguous_orders, order_checks_job],
+            sensors=[order_csv_sensor],
+            schedules=[order_checks_schedule],
+        ),
         dg.Definitions(
             resources={
                 "panels": PanelsResource(panels_file=panels_file),
