@@ -8,6 +8,7 @@ active=false (orders and analytics still refer to them), never deleted.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -154,6 +155,17 @@ def _merge_sql(fetched: str) -> str:
     """
 
 
+def _refuse_empty_catalog(conn: duckdb.DuckDBPyConnection, panel: str) -> None:
+    active = conn.execute(
+        "SELECT count(*) FROM services WHERE panel = ? AND active", [panel]
+    ).fetchall()[0][0]
+    if active:
+        raise ValueError(
+            f"panel {panel!r} answered an empty catalog while {active} services are "
+            f"active; refusing to mark them all vanished (check the panel and retry)"
+        )
+
+
 def sync_catalog(
     conn: duckdb.DuckDBPyConnection,
     panel: str,
@@ -167,21 +179,16 @@ def sync_catalog(
     catalog vanished.
     """
     synced_at = require_aware(synced_at, "synced_at")
-    if not services:
-        active = conn.execute(
-            "SELECT count(*) FROM services WHERE panel = ? AND active", [panel]
-        ).fetchone()[0]
-        if active:
-            raise ValueError(
-                f"panel {panel!r} answered an empty catalog while {active} services are "
-                f"active; refusing to mark them all vanished (check the panel and retry)"
-            )
     suffix = uuid.uuid4().hex[:12]
     frame_name, fetched, changes = f"_fetched_df_{suffix}", f"_fetched_{suffix}", f"_chg_{suffix}"
     params = {"panel": panel, "synced_at": synced_at}
-    conn.register(frame_name, _fetched_frame(services))
+    # BEGIN first: an execute() also settles any result the caller left half-fetched, which
+    # register() would otherwise refuse.
     conn.execute("BEGIN TRANSACTION")
     try:
+        if not services:
+            _refuse_empty_catalog(conn, panel)
+        conn.register(frame_name, _fetched_frame(services))
         conn.execute(
             f"""
             CREATE TEMP TABLE {fetched} AS
@@ -194,6 +201,7 @@ def sync_catalog(
             QUALIFY row_number() OVER (PARTITION BY service_id ORDER BY pos DESC) = 1
             """
         )
+        conn.unregister(frame_name)
         conn.execute(_changes_sql(fetched, changes), params)
         conn.execute(_merge_sql(fetched), params)
         conn.execute(f"INSERT INTO service_changes SELECT * FROM {changes}")
@@ -206,7 +214,7 @@ def sync_catalog(
                    count(*) FILTER (WHERE field = 'reappeared')
             FROM {changes}
             """
-        ).fetchone()
+        ).fetchall()[0]
         total, new, changed, vanished, reappeared = (int(c) for c in counts)
         conn.execute(
             "INSERT INTO catalog_syncs VALUES ($panel, $synced_at, $n, $new, $chg, $van, $re)",
@@ -218,9 +226,9 @@ def sync_catalog(
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
+        with contextlib.suppress(duckdb.Error):
+            conn.unregister(frame_name)
         raise
-    finally:
-        conn.unregister(frame_name)
     return CatalogSyncResult(
         panel=panel,
         synced_at=synced_at,
@@ -255,7 +263,7 @@ def catalog_age(
     """Time since the panel's last catalog sync, or None when it was never synced."""
     last = conn.execute(
         "SELECT max(synced_at) FROM catalog_syncs WHERE panel = ?", [panel]
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     if last is None:
         return None
     current = datetime.now(UTC) if now is None else require_aware(now, "now")

@@ -58,7 +58,7 @@ def publish_snapshot(db_path: Path | str, *, lock_timeout: float = DEFAULT_LOCK_
     alias = f"snapshot_{uuid.uuid4().hex[:8]}"
     try:
         with connect(db_path, lock_timeout=lock_timeout) as conn:
-            source = conn.execute("SELECT current_database()").fetchone()[0]
+            source = conn.execute("SELECT current_database()").fetchall()[0][0]
             conn.execute("CHECKPOINT")
             conn.execute(f"ATTACH {_sql_string(str(temp))} AS {alias}")
             try:

@@ -1,0 +1,283 @@
+"""The analytics views on a small hand-built dataset whose every number is worked out below."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smm_pipeline.warehouse import connect
+
+D = Decimal
+NOW = datetime.now(UTC).replace(microsecond=0)
+T0 = NOW - timedelta(days=1)
+T_OLD = NOW - timedelta(days=10)
+DAY0 = T0.date()
+DAY_OLD = T_OLD.date()
+
+
+def _insert(conn, table: str, rows: list[dict]) -> None:
+    for row in rows:
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        conn.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", list(row.values()))
+
+
+def _service(panel, sid, name, type_, category, rate, active=True):
+    return {
+        "panel": panel,
+        "service_id": sid,
+        "name": name,
+        "type": type_,
+        "category": category,
+        "rate": D(rate),
+        "min": 10,
+        "max": 100000,
+        "refill": True,
+        "cancel": True,
+        "active": active,
+        "first_seen_at": T_OLD,
+        "last_seen_at": NOW,
+    }
+
+
+def _order(panel, ref, **fields):
+    return {"panel": panel, "ref": ref, **fields}
+
+
+def _minutes(n: int) -> timedelta:
+    return timedelta(minutes=n)
+
+
+IL = "Instagram Likes"
+
+SERVICES = [
+    _service("alpha", 1, "Likes A", "Default", IL, "0.90"),
+    _service("alpha", 2, "Likes B", "Default", IL, "1.10"),
+    _service("alpha", 3, "Likes pack", "Package", IL, "5.00"),
+    _service("alpha", 4, "Old likes", "Default", IL, "9.99", active=False),
+    _service("alpha", 5, "Views", "Default", "YouTube Views", "2.50"),
+    _service("beta", 10, "Likes", "Default", IL, "0.80"),
+]
+
+BALANCES = [
+    {"panel": "alpha", "fetched_at": T_OLD, "balance": D("100"), "currency": "USD"},
+    {"panel": "alpha", "fetched_at": NOW - _minutes(60), "balance": D("50"), "currency": "USD"},
+    {"panel": "beta", "fetched_at": NOW - _minutes(60), "balance": D("20"), "currency": "EUR"},
+    {"panel": "gamma", "fetched_at": NOW - _minutes(60), "balance": D("7.5"), "currency": "USD"},
+]
+
+_SENT = {"submit_state": "submitted", "submitted_at": T0, "created_at": T0}
+ORDERS = [
+    # alpha, service 1, campaign spring: completed, partial, running, failed to submit
+    _order("alpha", "r1", order_id=101, service_id=1, campaign="spring", quantity=1000,
+           status="Completed", charge=D("0.9"), remains=0, currency="USD",
+           finished_at=T0 + _minutes(120), **_SENT),
+    _order("alpha", "r2", order_id=102, service_id=1, campaign="spring", quantity=1000,
+           status="Partial", charge=D("0.45"), remains=300, currency="USD",
+           finished_at=T0 + _minutes(60), **_SENT),
+    _order("alpha", "r3", order_id=103, service_id=1, campaign="spring", quantity=2000,
+           status="In progress", charge=D("1.8"), remains=1500, currency="USD", **_SENT),
+    _order("alpha", "r4", service_id=1, campaign="spring", quantity=500,
+           estimated_cost=D("0.45"), submit_state="failed", created_at=T0),
+    # alpha, service 2: sent but not polled yet (estimate), pending, and one billed in EUR
+    _order("alpha", "r5", order_id=105, service_id=2, quantity=1000,
+           estimated_cost=D("1.1"), **_SENT),
+    _order("alpha", "r6", service_id=2, quantity=1000, estimated_cost=D("1.1"),
+           submit_state="pending", created_at=T0),
+    _order("alpha", "r8", order_id=108, service_id=2, quantity=100, status="Completed",
+           charge=D("0.2"), remains=0, currency="EUR", finished_at=T0 + _minutes(15), **_SENT),
+    # alpha, ten days ago: canceled
+    _order("alpha", "r7", order_id=107, service_id=1, campaign="old", quantity=1000,
+           status="Canceled", charge=D("0"), remains=1000, currency="USD",
+           submit_state="submitted", submitted_at=T_OLD, created_at=T_OLD,
+           finished_at=T_OLD + _minutes(30)),
+    # beta: completed without remains reported (delivered everything)
+    _order("beta", "r1", order_id=201, service_id=10, campaign="spring", quantity=1000,
+           status="Completed", charge=D("0.8"), currency="EUR",
+           finished_at=T0 + _minutes(30), **_SENT),
+]  # fmt: skip
+
+HISTORY = [
+    ("alpha", 101, T0 + _minutes(2), "Pending"),
+    ("alpha", 101, T0 + _minutes(10), "In progress"),
+    ("alpha", 101, T0 + _minutes(120), "Completed"),
+    ("alpha", 102, T0 + _minutes(30), "Processing"),
+    ("alpha", 102, T0 + _minutes(60), "Partial"),
+    ("alpha", 103, T0 + _minutes(20), "In progress"),
+    ("beta", 201, T0 + _minutes(5), "Completed"),
+]
+
+REFILLS = [
+    {"panel": "alpha", "refill_id": 1, "order_id": 101, "requested_at": NOW,
+     "request_state": "submitted", "status": "Completed"},
+    {"panel": "alpha", "refill_id": 2, "order_id": 101, "requested_at": NOW,
+     "request_state": "submitted", "status": "Pending"},
+    {"panel": "alpha", "refill_id": None, "order_id": 102, "requested_at": NOW,
+     "request_state": "failed", "error": "Refill not available"},
+]  # fmt: skip
+
+CHANGES = [
+    ("alpha", 1, T_OLD, "rate", "0.8", "0.9"),
+    ("alpha", 2, T0, "rate", "1.2", "1.1"),
+    ("alpha", 2, T0, "min", "100", "10"),
+]
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "warehouse.duckdb"
+    with connect(path) as conn:
+        _insert(conn, "services", SERVICES)
+        _insert(conn, "balances", BALANCES)
+        _insert(conn, "orders", ORDERS)
+        _insert(
+            conn,
+            "order_status_history",
+            [
+                dict(zip(("panel", "order_id", "observed_at", "status"), h, strict=True))
+                for h in HISTORY
+            ],
+        )
+        _insert(conn, "refills", REFILLS)
+        _insert(
+            conn,
+            "service_changes",
+            [
+                dict(
+                    zip(
+                        ("panel", "service_id", "changed_at", "field", "old_value", "new_value"),
+                        c,
+                        strict=True,
+                    )
+                )
+                for c in CHANGES
+            ],
+        )
+    return path
+
+
+def _rows(path: Path, sql: str) -> list[tuple]:
+    with connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_spend_daily_groups_by_currency_and_prices_each_outcome(db: Path) -> None:
+    rows = _rows(
+        db,
+        "SELECT day, panel, currency, category, service_id, service_name, campaign, orders, "
+        "charge, estimated_charge FROM spend_daily ORDER BY panel, day, service_id, currency",
+    )
+    assert rows == [
+        (DAY_OLD, "alpha", "USD", IL, 1, "Likes A", "old", 1, D("0"), D("0")),
+        # r1 0.9 + r2 0.45 + r3 1.8 (running, panel charge) + r4 failed 0
+        (DAY0, "alpha", "USD", IL, 1, "Likes A", "spring", 4, D("3.15"), D("0")),
+        (DAY0, "alpha", "EUR", IL, 2, "Likes B", None, 1, D("0.2"), D("0")),
+        # r5 not polled yet: its estimate; r6 pending is not spend
+        (DAY0, "alpha", "USD", IL, 2, "Likes B", None, 1, D("1.1"), D("1.1")),
+        (DAY0, "beta", "EUR", IL, 10, "Likes", "spring", 1, D("0.8"), D("0")),
+    ]
+    assert all(isinstance(r[8], Decimal) for r in rows)
+
+
+def test_delivery_by_service(db: Path) -> None:
+    rows = _rows(
+        db,
+        "SELECT panel, service_id, service_name, category, currency, orders, completed, partial, "
+        "canceled, delivered_quantity, completion_rate, median_minutes_to_start, "
+        "median_minutes_to_finish, cost_per_1000_delivered FROM delivery_by_service "
+        "ORDER BY panel, service_id, currency",
+    )
+    assert rows == [
+        # r1 1000 + r2 700 + r7 0 delivered; finished charge 1.35 -> 1350 / 1700 = 0.794117647..
+        ("alpha", 1, "Likes A", IL, "USD", 4, 1, 1, 1, 1700, 0.3333, 20.0, 60.0, D("0.794118")),
+        ("alpha", 2, "Likes B", IL, "EUR", 1, 1, 0, 0, 100, 1.0, None, 15.0, D("2")),
+        ("alpha", 2, "Likes B", IL, "USD", 1, 0, 0, 0, 0, None, None, None, None),
+        ("beta", 10, "Likes", IL, "EUR", 1, 1, 0, 0, 1000, 1.0, 5.0, 30.0, D("0.8")),
+    ]
+
+
+def test_provider_scorecard_compares_panels_per_category(db: Path) -> None:
+    rows = _rows(
+        db,
+        "SELECT panel, category, currency, price_per_1000, active_services, orders, finished, "
+        "completion_rate, partial_rate, refill_rate, refill_success, median_minutes_to_finish "
+        "FROM provider_scorecard ORDER BY category, panel",
+    )
+    assert rows == [
+        # price: mean of 0.90 and 1.10 (the package and the inactive service do not count);
+        # finished r1 r2 r7 r8: 2 completed, 1 partial, 1 refilled (two refills, one done)
+        ("alpha", IL, "USD", D("1"), 3, 6, 4, 0.5, 0.25, 0.25, 0.5, 45.0),
+        ("beta", IL, "EUR", D("0.8"), 1, 1, 1, 1.0, 0.0, 0.0, None, 30.0),
+        ("alpha", "YouTube Views", "USD", D("2.5"), 1, 0, 0, None, None, None, None, None),
+    ]
+
+
+def test_price_changes(db: Path) -> None:
+    rows = _rows(
+        db,
+        "SELECT panel, service_id, name, changed_at, old_rate, new_rate, change_pct "
+        "FROM price_changes ORDER BY service_id",
+    )
+    assert rows == [
+        ("alpha", 1, "Likes A", T_OLD, D("0.8"), D("0.9"), D("12.50")),
+        ("alpha", 2, "Likes B", T0, D("1.2"), D("1.1"), D("-8.33")),
+    ]
+
+
+def test_balance_runway(db: Path) -> None:
+    rows = _rows(
+        db,
+        "SELECT panel, balance, currency, spend_7d, spend_per_day, days_left "
+        "FROM balance_runway ORDER BY panel",
+    )
+    assert rows == [
+        # last 7 days in USD: 0.9 + 0.45 + 1.8 + 0 + 1.1 = 4.25 (EUR r8 and 10-day-old r7 not)
+        ("alpha", D("50"), "USD", D("4.25"), D("0.607143"), D("82.35")),
+        ("beta", D("20"), "EUR", D("0.8"), D("0.114286"), D("175.00")),
+        ("gamma", D("7.5"), "USD", D("0"), D("0"), None),
+    ]
+
+
+def test_views_exist_on_an_empty_warehouse(tmp_path: Path) -> None:
+    with connect(tmp_path / "empty.duckdb") as conn:
+        for view in ("spend_daily", "delivery_by_service", "provider_scorecard", "price_changes"):
+            assert conn.execute(f"SELECT count(*) FROM {view}").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM balance_runway").fetchone() == (0,)
+
+
+_money = st.decimals(
+    min_value=Decimal("-1000000000"),
+    max_value=Decimal("1000000000"),
+    places=6,
+    allow_nan=False,
+    allow_infinity=False,
+)
+
+
+@pytest.fixture(scope="module")
+def money_conn(tmp_path_factory: pytest.TempPathFactory):
+    with connect(tmp_path_factory.mktemp("money") / "w.duckdb") as conn:
+        yield conn
+
+
+@settings(max_examples=150, deadline=None)
+@given(num=_money, den=_money.filter(lambda d: d != 0))
+def test_money_div_is_exact_and_rounds_half_away_from_zero(money_conn, num, den) -> None:
+    got = money_conn.execute(
+        "SELECT money_div(CAST(? AS DECIMAL(18,6)), CAST(? AS DECIMAL(18,6)))",
+        [str(num), str(den)],
+    ).fetchone()[0]
+    with localcontext() as ctx:
+        ctx.prec = 80  # exact enough that quantize is the only rounding
+        expected = (num / den).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+    assert got == expected
+
+
+def test_money_div_by_zero_or_null_is_null(money_conn) -> None:
+    assert money_conn.execute("SELECT money_div(1, 0), money_div(NULL, 2), money_div(1, NULL)")
+    assert money_conn.fetchone() == (None, None, None)
