@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from smm_pipeline.defs.metadata import frame_preview
+from smm_pipeline.defs.polling import orders_materialization
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
 from smm_pipeline.operations.resolution import ACTIONS, Resolution, resolve_ambiguous
 from smm_pipeline.warehouse.monitoring import (
@@ -138,6 +139,7 @@ def resolve_ambiguous_rows(
     with panels.clients(settings, only=needed) as clients:
         report = resolve_ambiguous(warehouse.db_path, wanted, clients, progress=context.log.info)
     warehouse.publish()
+    context.log_event(orders_materialization(warehouse, "ambiguous orders resolved"))
     for (panel, ref), message in report.errors.items():
         context.log.error(f"{panel}/{ref}: {message}")
     context.add_output_metadata(

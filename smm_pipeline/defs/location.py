@@ -14,6 +14,7 @@ from smm_pipeline.defs.checks import (
     resolve_ambiguous_orders,
 )
 from smm_pipeline.defs.orders import order_csv_sensor, submit_orders
+from smm_pipeline.defs.polling import order_status_sensor, poll_order_statuses
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
 
 
@@ -27,8 +28,8 @@ def build_definitions(
         dg.Definitions(
             assets=[orders_asset],
             asset_checks=[order_checks],
-            jobs=[submit_orders, resolve_ambiguous_orders, order_checks_job],
-            sensors=[order_csv_sensor],
+            jobs=[submit_orders, poll_order_statuses, resolve_ambiguous_orders, order_checks_job],
+            sensors=[order_csv_sensor, order_status_sensor],
             schedules=[order_checks_schedule],
         ),
         dg.Definitions(

@@ -8,6 +8,7 @@ import dagster as dg
 
 from smm_pipeline.defs.files import FileRunConfig, file_drop_sensor
 from smm_pipeline.defs.metadata import frame_preview, money
+from smm_pipeline.defs.polling import orders_materialization
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
 from smm_pipeline.operations.order_files import (
     OrderFileRejected,
@@ -105,6 +106,15 @@ def report_order_file(
         summary = finish_order_file(settings, warehouse.db_path, prepared, clients)
     warehouse.publish()
     context.log.info(summary.line)
+    context.log_event(
+        orders_materialization(
+            warehouse,
+            f"order file {prepared.file_name}",
+            file=prepared.file_name,
+            submitted=summary.submitted,
+            ambiguous=summary.ambiguous,
+        )
+    )
     context.add_output_metadata(
         {
             "file": prepared.file_name,
