@@ -101,7 +101,7 @@ def mark_interrupted_as_ambiguous(
     """Rows left in `sending` (a run died mid-send) become ambiguous. Returns how many."""
     where = "submit_state = 'sending'" + (" AND file_hash = ?" if file_hash else "")
     params = [file_hash] if file_hash else []
-    count = conn.execute(f"SELECT count(*) FROM orders WHERE {where}", params).fetchone()[0]
+    count = conn.execute(f"SELECT count(*) FROM orders WHERE {where}", params).fetchall()[0][0]
     if count:
         conn.execute(
             f"""
@@ -254,9 +254,8 @@ def total_estimated(frame: pd.DataFrame) -> Decimal:
 
 
 def count_file_rows(conn: duckdb.DuckDBPyConnection, file_hash: str) -> int:
-    return conn.execute("SELECT count(*) FROM orders WHERE file_hash = ?", [file_hash]).fetchone()[
-        0
-    ]
+    rows = conn.execute("SELECT count(*) FROM orders WHERE file_hash = ?", [file_hash])
+    return rows.fetchall()[0][0]
 
 
 def record_file(

@@ -46,7 +46,7 @@ def open_summary(conn: duckdb.DuckDBPyConnection) -> tuple[int, datetime | None]
     """How many orders are unfinished, and when the next one is due."""
     count, next_due = conn.execute(
         f"SELECT count(*), min(coalesce(next_poll_at, submitted_at)) FROM orders WHERE {_OPEN}"
-    ).fetchone()
+    ).fetchall()[0]
     return int(count), next_due
 
 
@@ -128,6 +128,6 @@ def apply_observations(
     changed, errors = conn.execute(
         "SELECT count(*) FILTER (WHERE changed), count(*) FILTER (WHERE error IS NOT NULL) "
         "FROM _obs"
-    ).fetchone()
+    ).fetchall()[0]
     conn.execute("DROP TABLE _obs")
     return int(changed), int(errors)
