@@ -1,0 +1,64 @@
+"""Does a file's batch fit each panel's money? (SPEC §3: fresh balance and max_batch_spend.)
+
+Checked per panel on the estimated costs of the rows that validated, before anything is sent.
+A panel with no known balance cannot be checked, so it is refused rather than guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+
+from smm_pipeline.config import Settings
+from smm_pipeline.intake.row_errors import RowError
+from smm_pipeline.panel.order_types import format_money
+
+__all__ = ["batch_errors", "panel_totals"]
+
+
+def panel_totals(costs: Iterable[tuple[str, Decimal]]) -> dict[str, Decimal]:
+    """Sum (panel, cost) pairs per panel, exactly."""
+    totals: dict[str, Decimal] = {}
+    for panel, cost in costs:
+        totals[panel] = totals.get(panel, Decimal(0)) + cost
+    return totals
+
+
+def batch_errors(
+    totals: Mapping[str, Decimal], settings: Settings, balances: Mapping[str, Decimal]
+) -> list[RowError]:
+    """One error (row 0, column "batch") per panel whose batch does not fit; empty when all do."""
+    errors: list[RowError] = []
+    for panel, total in sorted(totals.items()):
+        shown = format_money(total)
+        balance = balances.get(panel)
+        if balance is None:
+            errors.append(
+                RowError(
+                    0,
+                    "batch",
+                    f"panel {panel!r}: no fresh balance is known, so the batch of {shown} "
+                    "cannot be checked; refresh panel_balances and drop the file again",
+                )
+            )
+        elif total > balance:
+            errors.append(
+                RowError(
+                    0,
+                    "batch",
+                    f"panel {panel!r}: the batch's estimated cost {shown} is more than the "
+                    f"balance {format_money(balance)}; top up the panel or split the file",
+                )
+            )
+        limit = settings.panel(panel).max_batch_spend
+        if limit is not None and total > limit:
+            errors.append(
+                RowError(
+                    0,
+                    "batch",
+                    f"panel {panel!r}: the batch's estimated cost {shown} is more than its "
+                    f"max_batch_spend {format_money(limit)}; split the file or raise the limit "
+                    "in panels.yaml",
+                )
+            )
+    return errors
