@@ -15,6 +15,7 @@ from smm_pipeline.defs.checks import (
 )
 from smm_pipeline.defs.orders import order_csv_sensor, submit_orders
 from smm_pipeline.defs.polling import order_status_sensor, poll_order_statuses
+from smm_pipeline.defs.refills_cancels import refills_cancels_defs
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
 
 
@@ -32,6 +33,7 @@ def build_definitions(
             sensors=[order_csv_sensor, order_status_sensor],
             schedules=[order_checks_schedule],
         ),
+        refills_cancels_defs,
         dg.Definitions(
             resources={
                 "panels": PanelsResource(panels_file=panels_file),

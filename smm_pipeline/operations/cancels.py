@@ -1,0 +1,69 @@
+"""Cancel files: the cancel specifics of the refill/cancel file lifecycle (operations/refills.py).
+
+Only orders on cancel=true services that are still unfinished are sent (SPEC §3). An accepted
+cancel makes the order due for a status poll at once, so its Canceled status and the refund
+are picked up by the next `poll_order_statuses` run rather than at the order's old cadence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from smm_pipeline.config import Settings
+from smm_pipeline.operations.refills import (
+    ActionFileSummary,
+    ActionSpec,
+    handle_action_file,
+    order_problem,
+)
+from smm_pipeline.panel.client import PanelClient
+from smm_pipeline.warehouse.refills import cancel_state, record_cancel_outcomes
+from smm_pipeline.warehouse.status import FINISHED_STATUSES, Cadence
+
+log = logging.getLogger(__name__)
+
+CANCEL_REPORT_COLUMNS = ("row", "panel", "order", "ref", "service", "result", "error")
+
+
+def cancel_refusal(target: Any) -> str | None:
+    """Why an order may not be cancelled: unknown, cancel=false service, or finished."""
+    problem = order_problem(target, "canceled")
+    if problem:
+        return problem
+    if not target.cancel:
+        return f"service {target.service_id} does not allow cancels (cancel=false in the catalog)"
+    if target.status in FINISHED_STATUSES:
+        return f"order {int(target.order_id)} is already {target.status}: nothing to cancel"
+    return None
+
+
+CANCEL_SPEC = ActionSpec(
+    kind="cancel",
+    folder="cancels",
+    table="cancels",
+    done_states=("accepted", "ambiguous"),
+    refusal=cancel_refusal,
+    send=lambda client, ids: client.cancel(ids),
+    record=record_cancel_outcomes,
+    state_of=cancel_state,
+    report_columns=CANCEL_REPORT_COLUMNS,
+)
+
+
+def cancel_order_file(
+    settings: Settings,
+    db_path: Path,
+    file_name: str,
+    file_hash: str,
+    clients: Mapping[str, PanelClient],
+    cadence: Cadence,
+    *,
+    progress: Callable[[str], None] = log.info,
+) -> ActionFileSummary:
+    """Handle one file dropped in inbox/cancels/ (raises ActionFileRejected)."""
+    return handle_action_file(
+        CANCEL_SPEC, settings, db_path, file_name, file_hash, clients, cadence, progress=progress
+    )
