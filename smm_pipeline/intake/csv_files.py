@@ -35,7 +35,7 @@ def file_hash(content: bytes) -> str:
 class CsvTable:
     """The normalised header, and the file's records as a one-shot stream.
 
-    `records()` yields (row number, cells) for every well-formed, non-blank record, each with
+    `records` yields (row number, cells) for every well-formed, non-blank record, each with
     exactly `len(columns)` cells. Records are streamed, not kept: a 100,000-row file never sits
     in memory twice. Problems met on the way (ragged records, a CSV syntax error, no data rows
     at all) are appended to `errors`, the list `read_csv_table` returned.
@@ -56,7 +56,9 @@ class CsvTable:
         except ValueError:
             return None
 
+    @property
     def records(self) -> Iterator[tuple[int, list[str]]]:
+        """The one-shot stream of (row number, cells); reading it a second time is an error."""
         reader, self._reader = self._reader, None
         if reader is None:
             raise RuntimeError("the records of a CsvTable can be read only once")

@@ -194,7 +194,7 @@ def validate_order_file(
 
     rows: list[ValidatedOrder] = []
     refs: dict[str, int] = {}
-    for row_number, cells in table.records():
+    for row_number, cells in table.records:
         panel_cell = cells[panel_at] if panel_at is not None else default_panel
         service_cell = cells[service_at]
         key = panel_cell + "\0" + service_cell

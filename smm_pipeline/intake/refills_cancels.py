@@ -91,7 +91,7 @@ def read_action_file(
     ref_at = table.index("ref")
     rows: list[ActionRow] = []
     seen: dict[tuple[str, str, object], int] = {}
-    for row_number, cells in table.records():
+    for row_number, cells in table.records:
         panel, problem = chooser.choose(cells[panel_at] if panel_at is not None else "")
         if panel is None:
             errors.append(RowError(row_number, "panel", problem or ""))
