@@ -48,6 +48,7 @@ from smm_pipeline.warehouse.orders import (
     count_file_rows,
     existing_refs,
     file_rows,
+    handled_file,
     record_file,
     record_pending,
 )
@@ -103,6 +104,7 @@ class PreparedOrderFile:
     skipped: list[SkippedRow] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     resumed: bool = False
+    redrop_of: str | None = None
     catalog_refreshes: list[CatalogRefresh] = field(default_factory=list)
 
 
@@ -150,6 +152,31 @@ def _outbox_frame(rows: list[ValidatedOrder], file_name: str, file_hash: str) ->
     )
 
 
+def _redrop(
+    settings: Settings,
+    db_path: Path,
+    file_name: str,
+    file_hash: str,
+    original: str,
+    log: Callable[[str], None],
+) -> PreparedOrderFile:
+    """The same content was handled before (under any name): report, send nothing."""
+    with connect(db_path) as conn:
+        earlier = file_rows(conn, file_hash)
+    skipped = [
+        SkippedRow(
+            int(r.row_number), r.ref, r.panel, int(r.service_id),
+            None if pd.isna(r.order_id) else int(r.order_id), Decimal(str(r.estimated_cost)),
+            f"this content was already handled as {original} ({r.submit_state}); not sent again",
+        )
+        for r in earlier.itertuples(index=False)
+    ]  # fmt: skip
+    log(f"{file_name} has the same content as {original}, handled before: nothing to submit")
+    return PreparedOrderFile(
+        file_name, file_hash, len(skipped), 0, [], Decimal(0), skipped=skipped, redrop_of=original
+    )
+
+
 def prepare_order_file(
     settings: Settings,
     db_path: Path,
@@ -163,6 +190,9 @@ def prepare_order_file(
     source = Folders(settings.data_dir).inbox("orders") / file_name
     with connect(db_path) as conn:
         recorded = count_file_rows(conn, file_hash)
+        handled = handled_file(conn, file_hash)
+    if recorded and handled is not None:
+        return _redrop(settings, db_path, file_name, file_hash, handled, log)
     if recorded:
         log(f"{file_name}: {recorded} rows already recorded by an earlier run: resuming")
         return PreparedOrderFile(
@@ -300,6 +330,8 @@ def finish_order_file(
     folders = Folders(settings.data_dir)
     with connect(db_path) as conn:
         recorded = file_rows(conn, prepared.file_hash)
+    if prepared.redrop_of is not None:
+        recorded = recorded.iloc[0:0]
     results = [
         ResultRow(
             row=int(r.row_number),
@@ -338,11 +370,12 @@ def finish_order_file(
         with connect(db_path) as conn:
             record_balance(conn, panel, after, now)
         actual[panel] = (before - after.balance, currency)
-    with connect(db_path) as conn:
-        record_file(
-            conn, file_hash=prepared.file_hash, kind="orders", file_name=prepared.file_name,
-            outcome="processed", rows=len(results), seen_at=now,
-        )  # fmt: skip
+    if prepared.redrop_of is None:
+        with connect(db_path) as conn:
+            record_file(
+                conn, file_hash=prepared.file_hash, kind="orders", file_name=prepared.file_name,
+                outcome="processed", rows=len(results), seen_at=now,
+            )  # fmt: skip
     states = [r.submit_state for r in results]
     frame = pd.DataFrame(
         [

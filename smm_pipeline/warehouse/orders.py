@@ -278,3 +278,12 @@ def record_file(
         """,
         [file_hash, kind, file_name, seen_at, outcome, rows],
     )
+
+
+def handled_file(conn: duckdb.DuckDBPyConnection, file_hash: str) -> str | None:
+    """The name under which this content was fully handled before, if it was."""
+    rows = conn.execute(
+        "SELECT file_name FROM processed_files WHERE file_hash = ? AND outcome = 'processed'",
+        [file_hash],
+    ).fetchall()
+    return rows[0][0] if rows else None

@@ -1,0 +1,52 @@
+"""Small helpers to drive real Dagster in tests: evaluate a sensor, run what it requests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+
+def settle(path: Path) -> None:
+    """Make a dropped file look complete (written a while ago)."""
+    os.utime(path, (1_600_000_000, 1_600_000_000))
+
+
+def tick(
+    defs: dg.Definitions, sensor: str, instance: dg.DagsterInstance, cursor: str | None = None
+):
+    context = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor)
+    return defs.get_sensor_def(sensor).evaluate_tick(context)
+
+
+def run_requested(
+    defs: dg.Definitions, request: dg.RunRequest, instance: dg.DagsterInstance, job: str
+) -> dg.ExecuteInProcessResult:
+    return defs.resolve_job_def(job).execute_in_process(
+        run_config=request.run_config,
+        instance=instance,
+        tags=request.tags,
+        raise_on_error=False,
+    )
+
+
+def drop_and_run(
+    pipeline, instance: dg.DagsterInstance, name: str, content: str | bytes
+) -> dg.ExecuteInProcessResult:
+    """Drop an order file, tick order_csv_sensor, execute the one run it asks for."""
+    settle(pipeline.drop("orders", name, content))
+    defs = pipeline.defs()
+    result = tick(defs, "order_csv_sensor", instance)
+    assert len(result.run_requests) == 1, result.skip_message
+    return run_requested(defs, result.run_requests[0], instance, "submit_orders")
+
+
+def event_texts(result: dg.ExecuteInProcessResult) -> str:
+    """Every event message and metadata value of a run, as one text."""
+    parts = []
+    for event in result.all_events:
+        parts.append(event.message or "")
+        data = event.event_specific_data
+        parts.append(repr(data))
+    return "\n".join(parts)
