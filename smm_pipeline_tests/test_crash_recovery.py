@@ -1,0 +1,102 @@
+"""A submission killed with SIGKILL mid-batch, then run again: every row reaches the panel at
+most once, rows caught mid-send become ambiguous, the rest are sent."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import dagster as dg
+import duckdb
+import pytest
+
+from smm_pipeline.simulator.testing import start_simulator_process
+from smm_pipeline_tests.conftest import make_pipeline, panel_yaml
+from smm_pipeline_tests.dagster_helpers import settle, tick
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import dagster as dg
+    from smm_pipeline.defs.location import build_definitions
+    request = json.loads(sys.argv[1])
+    defs = build_definitions()
+    with dg.instance_for_test() as instance:
+        defs.resolve_job_def("submit_orders").execute_in_process(
+            run_config=request, instance=instance, raise_on_error=False
+        )
+    """
+)
+
+
+@pytest.fixture
+def slow_sim(tmp_path):
+    with start_simulator_process(
+        state_file=tmp_path / "sim.jsonl", keys=("test-key-7f3a9c",), latency_ms=40
+    ) as handle:
+        yield handle
+
+
+def test_sigkill_mid_batch_then_rerun_submits_each_row_at_most_once(
+    tmp_path, monkeypatch, slow_sim
+):
+    pipeline = make_pipeline(
+        tmp_path,
+        monkeypatch,
+        [panel_yaml("sim", slow_sim.url, rate_limit_per_minute=60000, max_concurrency=4)],
+    )
+    rows = "".join(f"2,https://x.com/crash{i},20,c-{i}\n" for i in range(300))
+    settle(pipeline.drop("orders", "crash.csv", "service,link,quantity,ref\n" + rows))
+    defs = pipeline.defs()
+    with dg.instance_for_test() as instance:
+        request = tick(defs, "order_csv_sensor", instance).run_requests[0]
+    import json
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(request.run_config)],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while slow_sim.stats()["calls"].get("add", 0) < 60:
+        assert child.poll() is None, "the child finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    sent_before = len(slow_sim.orders())
+    assert 0 < sent_before < 300
+
+    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+        states = dict(
+            con.execute("SELECT submit_state, count(*) FROM orders GROUP BY 1").fetchall()
+        )
+    assert states.get("pending", 0) > 0  # the kill came mid-batch
+    assert sum(states.values()) == 300
+
+    with dg.instance_for_test() as instance:
+        rerun = defs.resolve_job_def("submit_orders").execute_in_process(
+            run_config=request.run_config, instance=instance, raise_on_error=False
+        )
+    assert rerun.success
+
+    panel_orders = slow_sim.orders()
+    per_link = collections.Counter(o["link"] for o in panel_orders)
+    assert max(per_link.values()) == 1  # never twice
+    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+        final = con.execute("SELECT ref, submit_state, order_id FROM orders").fetchall()
+    by_state = collections.Counter(state for _, state, _ in final)
+    assert set(by_state) <= {"submitted", "ambiguous"}
+    submitted_ids = {oid for _, state, oid in final if state == "submitted"}
+    assert submitted_ids <= {o["order"] for o in panel_orders}
+    # Every row was either sent exactly once and recorded, or is ambiguous for a human.
+    assert by_state["submitted"] + by_state["ambiguous"] == 300
+    assert len(panel_orders) >= by_state["submitted"]
+    assert len(panel_orders) <= by_state["submitted"] + by_state["ambiguous"]
+    assert (pipeline.folders.processed / "crash.results.csv").exists()
