@@ -101,12 +101,27 @@ def _records(
 
 
 def decode_csv(content: bytes) -> tuple[str | None, list[RowError]]:
-    """The file's text without BOM, or an error naming the first byte that is not UTF-8."""
+    """The file's text without BOM, or an error naming the first byte that is not UTF-8
+    (or the first NUL character)."""
+    if content.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return None, [RowError(0, "file", "the file is UTF-16 text; save it as CSV UTF-8")]
     offset = 3 if content.startswith(codecs.BOM_UTF8) else 0
     try:
         text = content[offset:].decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, [_encoding_error(content, offset, exc)]
+    nul = text.find("\0")
+    if nul >= 0:
+        # Refused outright: no cell can then hold NUL, which callers rely on as a separator.
+        line = text.count("\n", 0, nul) + 1
+        return None, [
+            RowError(
+                0,
+                "file",
+                f"the file contains a NUL character (line {line}): it is not a CSV text file, "
+                "or it was saved as UTF-16; save it as CSV UTF-8",
+            )
+        ]
     if not text.strip():
         return None, [
             RowError(0, "file", "the file is empty; expected a header row and at least one row")

@@ -94,8 +94,9 @@ class IntakeResult:
 
 
 def derive_ref(panel: str, params: Mapping[str, str]) -> str:
-    """The content ref of an order (see the module docstring). NUL separates the parts: the
-    CSV reader refuses NUL bytes, so no value can contain one and the encoding is unambiguous."""
+    """The content ref of an order (see the module docstring). NUL separates the parts:
+    `decode_csv` refuses files with NUL, so no value can contain one and the encoding is
+    unambiguous."""
     parts = [panel]
     for key in sorted(params):
         parts.append(key)
@@ -160,7 +161,7 @@ def validate_order_file(
     multiply = MONEY.multiply
     delays = {p.name: frozenset(p.delay_values) for p in settings.enabled_panels}
     default_panel = chooser.default or ""
-    # Keys join two cells with NUL, which no cell can contain (the CSV reader refuses it):
+    # Keys join two cells with NUL, which no cell can contain (decode_csv refuses it):
     # a string key instead of a tuple spares the garbage collector 100,000 tuples.
     resolved: dict[str, _ServiceCell] = {}
 
