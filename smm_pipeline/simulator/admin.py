@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal
 from typing import Any
 
 from smm_pipeline.simulator.app import Reply, Simulator, json_reply
@@ -41,7 +40,8 @@ class AdminError(ValueError):
 def handle_admin(sim: Simulator, method: str, path: str, body: bytes) -> Reply:
     """Answer one /_sim/ request."""
     try:
-        data = json.loads(body or b"{}", parse_float=Decimal) if method == "POST" else {}
+        # Fractions stay literal text (exact money; JSON-serialisable in the journal).
+        data = json.loads(body or b"{}", parse_float=str) if method == "POST" else {}
     except json.JSONDecodeError:
         return json_reply({"error": "body must be JSON"}, status=400)
     try:

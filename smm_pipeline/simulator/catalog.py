@@ -134,7 +134,6 @@ def normalize_service(raw: Mapping[str, Any]) -> dict[str, Any]:
     ]
     if missing:
         raise CatalogError(f"service {raw.get('service', '?')}: missing {', '.join(missing)}")
-    service = dict(raw)
     sid = _as_int(raw["service"], "service")
     if sid <= 0:
         raise CatalogError(f"service id must be positive, got {sid}")
@@ -148,17 +147,18 @@ def normalize_service(raw: Mapping[str, Any]) -> dict[str, Any]:
     qmax = _as_int(raw["max"], f"service {sid}: max")
     if qmin < 0 or qmax < qmin:
         raise CatalogError(f"service {sid}: need 0 <= min <= max, got {qmin}..{qmax}")
-    service.update(
-        service=sid,
-        name=str(raw["name"]),
-        type=str(raw["type"]),
-        category=str(raw["category"]),
-        rate=f"{rate:f}",
-        min=str(qmin),
-        max=str(qmax),
-        refill=_as_bool(raw.get("refill", False), f"service {sid}: refill"),
-        cancel=_as_bool(raw.get("cancel", False), f"service {sid}: cancel"),
-    )
+    service: dict[str, Any] = {
+        "service": sid,
+        "name": str(raw["name"]),
+        "type": str(raw["type"]),
+        "category": str(raw["category"]),
+        "rate": f"{rate:f}",
+        "min": str(qmin),
+        "max": str(qmax),
+        "refill": _as_bool(raw.get("refill", False), f"service {sid}: refill"),
+        "cancel": _as_bool(raw.get("cancel", False), f"service {sid}: cancel"),
+    }
+    service.update((k, v) for k, v in raw.items() if k not in service)
     return service
 
 
@@ -175,7 +175,8 @@ def normalize_catalog(raw: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def load_catalog_file(path: Path) -> list[dict[str, Any]]:
     """A catalog from a JSON file holding a list in the `services` answer shape."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"), parse_float=Decimal)
+    # Fractional numbers are kept as their literal text: exact, and JSON-serialisable again.
+    data = json.loads(Path(path).read_text(encoding="utf-8"), parse_float=str)
     if not isinstance(data, list):
         raise CatalogError(f"{path}: expected a JSON list of services")
     return normalize_catalog(data)

@@ -127,8 +127,9 @@ class SimulatorServer:
             if event is h11.NEED_DATA:
                 if conn.they_are_waiting_for_100_continue:
                     writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-                timeout = IDLE_TIMEOUT if request is None else READ_TIMEOUT
-                conn.receive_data(await asyncio.wait_for(reader.read(65536), timeout))
+                async with asyncio.timeout(IDLE_TIMEOUT if request is None else READ_TIMEOUT):
+                    data = await reader.read(65536)
+                conn.receive_data(data)
             elif isinstance(event, h11.Request):
                 request = event
             elif isinstance(event, h11.Data):

@@ -244,7 +244,11 @@ def running_simulator(
         rate_limit_per_minute=rate_limit_per_minute,
         delay_values=delay_values,
     )
-    handle = ThreadedSimulator(sim, host, port)
+    try:
+        handle = ThreadedSimulator(sim, host, port)
+    except BaseException:
+        sim.close()
+        raise
     try:
         yield handle
     finally:
@@ -284,7 +288,8 @@ class SimulatorProcess(SimulatorHandle):
                         return line
                     if not line:
                         break
-        self.kill()
+        self.process.kill()
+        self.process.wait()
         self._log.seek(0)
         detail = self._log.read().decode(errors="replace")[-2000:]
         raise RuntimeError(f"simulator process did not start: {detail}")
