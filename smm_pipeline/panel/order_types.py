@@ -242,8 +242,11 @@ def parse_expiry(value: str) -> date:
 
 
 def format_money(amount: Decimal) -> str:
-    """Plain decimal notation (never `1E+1`), every digit kept."""
-    return f"{amount:f}"
+    """Plain decimal notation, exact: never `1E+1`, no trailing zeros (`0.09000` → `0.09`)."""
+    text = f"{amount:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
 
 
 def _shown(value: str, limit: int = 60) -> str:
