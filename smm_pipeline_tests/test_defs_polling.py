@@ -1,0 +1,172 @@
+"""Status polling: poll_order_statuses and order_status_sensor against the simulator."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import dagster as dg
+import duckdb
+import pytest
+
+from smm_pipeline_tests.dagster_helpers import drop_and_run, event_texts, tick
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def submit(pipeline, instance, n: int, service: int = 1, quantity: int = 100) -> list[int]:
+    rows = "".join(f"{service},https://x.com/o{i},{quantity},o-{i}\n" for i in range(n))
+    result = drop_and_run(pipeline, instance, f"o{n}.csv", "service,link,quantity,ref\n" + rows)
+    assert result.success, event_texts(result)
+    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+        return [
+            r[0] for r in con.execute("SELECT order_id FROM orders ORDER BY row_number").fetchall()
+        ]
+
+
+def poll(pipeline, instance, *, all_orders: bool = False) -> dg.ExecuteInProcessResult:
+    tags = {"smm/poll": "all"} if all_orders else {}
+    result = (
+        pipeline.defs()
+        .resolve_job_def("poll_order_statuses")
+        .execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+    )
+    return result
+
+
+def output_metadata(result: dg.ExecuteInProcessResult, step: str = "poll_due_orders") -> dict:
+    for event in result.all_events:
+        if event.event_type_value == "STEP_OUTPUT" and event.step_key == step:
+            return {k: v.value for k, v in event.event_specific_data.metadata.items()}
+    raise AssertionError("no output metadata")
+
+
+def order_rows(pipeline):
+    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+        return {
+            r[0]: r[1:]
+            for r in con.execute(
+                "SELECT order_id, status, raw_status, charge, remains, finished_at, poll_error "
+                "FROM orders"
+            ).fetchall()
+        }
+
+
+def history(pipeline, order_id: int) -> list[tuple]:
+    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+        return con.execute(
+            "SELECT status, charge, remains FROM order_status_history WHERE order_id = ? "
+            "ORDER BY observed_at",
+            [order_id],
+        ).fetchall()
+
+
+def test_orders_progress_and_duckdb_follows_with_history_on_change_only(pipeline, sim, instance):
+    done, partial, canceled = submit(pipeline, instance, 3)
+    first = poll(pipeline, instance)
+    assert first.success
+    assert {r[0] for r in order_rows(pipeline).values()} == {"Pending"}
+    sim.set_order(done, status="In progress", remains=40, start_count=1000)
+    sim.set_order(partial, status="Partial", remains=25)
+    sim.set_order(canceled, status="Canceled")
+    second = poll(pipeline, instance, all_orders=True)
+    assert second.success
+    rows = order_rows(pipeline)
+    assert rows[done][0] == "In progress" and rows[done][3] == 40
+    assert rows[partial][0] == "Partial"
+    assert rows[partial][2] == Decimal("0.0675")  # 0.09 refunded by 25/100
+    assert rows[partial][4] is not None  # finished_at
+    assert rows[canceled][0] == "Canceled" and rows[canceled][2] == Decimal("0")
+    unchanged = poll(pipeline, instance, all_orders=True)
+    assert output_metadata(unchanged)["changed"] == 0
+    assert len(history(pipeline, done)) == 2  # Pending, In progress
+    sim.set_order(done, status="Completed", remains=0)
+    assert poll(pipeline, instance, all_orders=True).success
+    assert [h[0] for h in history(pipeline, done)] == ["Pending", "In progress", "Completed"]
+    assert len(history(pipeline, partial)) == 2
+
+
+def test_finished_orders_are_never_polled_again(pipeline, sim, instance):
+    ids = submit(pipeline, instance, 2)
+    sim.set_order(ids[0], status="Completed", remains=0)
+    assert poll(pipeline, instance).success
+    sim.reset_stats()
+    result = poll(pipeline, instance, all_orders=True)
+    assert output_metadata(result)["polled"] == 1
+    assert sim.stats()["ids_per_call"].get("status") in ([1], {"1": 1}, {1: 1}) or (
+        sim.stats()["calls"]["status"] == 1
+    )
+
+
+def test_250_active_orders_take_exactly_3_status_calls(pipeline, sim, instance):
+    submit(pipeline, instance, 250, service=2, quantity=20)
+    sim.reset_stats()
+    result = poll(pipeline, instance)
+    meta = output_metadata(result)
+    assert meta["polled"] == 250
+    assert meta["status_calls"] == 3
+    assert sim.stats()["calls"]["status"] == 3
+
+
+def test_cadence_skips_orders_not_yet_due(pipeline, sim, instance):
+    submit(pipeline, instance, 5)
+    assert output_metadata(poll(pipeline, instance))["polled"] == 5
+    sim.reset_stats()
+    again = poll(pipeline, instance)
+    meta = output_metadata(again)
+    assert meta["polled"] == 0 and meta["due"] == 0
+    assert meta["calls_saved"] == 1  # polling every open order would have cost one call
+    assert sim.stats()["calls"].get("status", 0) == 0
+
+
+def test_spelling_variants_and_bare_string_item_errors(pipeline, sim, instance):
+    ids = submit(pipeline, instance, 2)
+    sim.set_order(ids[0], status="Canceled")
+    sim.configure(status_variants=True, bare_item_errors=True)
+    # An id the panel does not know, recorded as if submitted (e.g. attached by mistake).
+    with duckdb.connect(str(pipeline.db_path)) as con:
+        con.execute("UPDATE orders SET order_id = 999999 WHERE order_id = ?", [ids[1]])
+    result = poll(pipeline, instance, all_orders=True)
+    assert result.success
+    rows = order_rows(pipeline)
+    assert rows[ids[0]][0] == "Canceled"
+    assert rows[ids[0]][1] != "Canceled"  # the raw variant word is kept
+    assert rows[999999][5] == "Incorrect order ID"
+    assert output_metadata(result)["unknown_to_panel"] == 1
+
+
+@pytest.mark.parametrize("kind", ["html_502", "http_500", "html_200", "truncated_json"])
+def test_a_bad_answer_mid_poll_is_retried_and_loses_nothing(pipeline, sim, instance, kind):
+    ids = submit(pipeline, instance, 150, service=2, quantity=20)
+    sim.inject(kind, action="status", times=1)
+    result = poll(pipeline, instance)
+    assert result.success
+    assert output_metadata(result)["polled"] == 150
+    assert all(order_rows(pipeline)[i][0] == "Pending" for i in ids)
+
+
+def test_a_panel_that_stays_down_fails_the_run_visibly(pipeline, sim, instance):
+    submit(pipeline, instance, 2)
+    sim.inject("html_502", action="status", times=50)
+    result = poll(pipeline, instance)
+    assert not result.success
+    assert "status poll failed for sim" in event_texts(result)
+
+
+def test_status_sensor_requests_and_skip_reasons(pipeline, sim, instance):
+    defs = pipeline.defs()
+    assert "no orders recorded yet" in tick(defs, "order_status_sensor", instance).skip_message
+    submit(pipeline, instance, 2)
+    due = tick(defs, "order_status_sensor", instance)
+    assert len(due.run_requests) == 1
+    assert poll(pipeline, instance).success
+    later = tick(defs, "order_status_sensor", instance)
+    assert not later.run_requests
+    assert "2 unfinished orders; the next is due at" in later.skip_message
+    for oid in order_rows(pipeline):
+        sim.set_order(oid, status="Completed", remains=0)
+    assert poll(pipeline, instance, all_orders=True).success
+    assert "no unfinished orders" in tick(defs, "order_status_sensor", instance).skip_message
