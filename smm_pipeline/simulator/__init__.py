@@ -62,7 +62,7 @@ Admin (loopback callers only; JSON bodies; errors are 4xx ``{"error": "..."}``):
 - ``GET /_sim/catalog``; ``POST /_sim/catalog`` ``{"replace"?: [...], "add"?: [...],
   "patch"?: {"ID": {fields}}, "remove"?: [ids]}`` -> ``{"services": [...]}``.
 - ``GET /_sim/balance``; ``POST /_sim/balance`` ``{"balance": "12.50", "currency"?}``.
-- ``GET /_sim/stats`` -> ``{"http_requests", "calls": {action: n} (every call received),
+- ``GET /_sim/stats`` -> ``{"api_requests", "calls": {action: n} (every call received),
   "ids_per_call": {action: [n, ...]}, "orders_created", "orders_total", "refills_total",
   "errors": {sentence: n}, "faults_fired": {kind: n}, "rate_limited", "in_flight",
   "max_in_flight", "max_calls_per_minute"}``; ``POST /_sim/reset-stats``.

@@ -18,7 +18,7 @@ class Stats:
         self.reset()
 
     def reset(self) -> None:
-        self.http_requests = 0
+        self.api_requests = 0
         self.calls: Counter[str] = Counter()
         self.ids_per_call: dict[str, list[int]] = {}
         self.orders_created = 0
@@ -31,7 +31,7 @@ class Stats:
         self._window: deque[float] = deque()
 
     def request_started(self) -> None:
-        self.http_requests += 1
+        self.api_requests += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
@@ -58,7 +58,7 @@ class Stats:
 
     def snapshot(self, orders_total: int, refills_total: int) -> dict[str, Any]:
         return {
-            "http_requests": self.http_requests,
+            "api_requests": self.api_requests,
             "calls": dict(self.calls),
             "ids_per_call": {k: list(v) for k, v in self.ids_per_call.items()},
             "orders_created": self.orders_created,
