@@ -1,0 +1,17 @@
+"""`make bench`: every benchmark, one after another; JSON lines and tables on stdout."""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks import bench_catalog, bench_intake, bench_polling, bench_submit
+
+
+def main() -> int:
+    for bench in (bench_catalog, bench_intake, bench_submit, bench_polling):
+        bench.main([])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
