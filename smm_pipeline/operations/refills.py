@@ -275,35 +275,34 @@ def handle_action_file(
     if digest != file_hash:
         warnings.append(f"{file_name} changed since the sensor saw it; handling its new content")
     read = read_action_file(content, file_name, settings, spec.kind)
-    with connect(db_path) as conn:
-        claim = claim_file(conn, digest, spec.folder, file_name, datetime.now(UTC))
-    if not read.ok:
-        raise _reject(spec, db_path, folders, source, claim, read.errors)
-
     calls_before = sum(c.total_calls for c in clients.values())
     summary = ActionFileSummary(spec.kind, file_name, digest, Path(), [], warnings=warnings)
-    if claim.previous_outcome == "processed":
-        summary.already_processed = True
-        with connect(db_path) as conn:
+    # One connection for the whole file: the run holds the `duckdb` pool anyway, and opening
+    # a DuckDB file costs more than everything this step writes.
+    with connect(db_path) as conn:
+        claim = claim_file(conn, digest, spec.folder, file_name, datetime.now(UTC))
+        if not read.ok:
+            raise _reject(spec, conn, folders, source, claim, read.errors)
+        if claim.previous_outcome == "processed":
+            summary.already_processed = True
             targets = order_targets(conn, _targets_frame(read))
             earlier = _earlier_by_order(file_requests(conn, spec.table, claim))
-        summary.outcomes = _already_processed(targets, claim, earlier)
-        progress(
-            f"{file_name}: this content was already processed as {claim.file_name} "
-            f"({claim.first_seen_at:%Y-%m-%d %H:%M} UTC): nothing is requested again"
-        )
-    else:
-        summary.resumed = claim.previous_outcome == "requesting"
-        if summary.resumed:
-            progress(f"{file_name}: an earlier run on this content stopped midway: resuming")
-        summary.outcomes = _check_and_send(spec, db_path, read, claim, clients, cadence, summary,
-                                           progress)  # fmt: skip
+            summary.outcomes = _already_processed(targets, claim, earlier)
+            progress(
+                f"{file_name}: this content was already processed as {claim.file_name} "
+                f"({claim.first_seen_at:%Y-%m-%d %H:%M} UTC): nothing is requested again"
+            )
+        else:
+            summary.resumed = claim.previous_outcome == "requesting"
+            if summary.resumed:
+                progress(f"{file_name}: an earlier run on this content stopped midway: resuming")
+            summary.outcomes = _check_and_send(spec, conn, read, claim, clients, cadence, summary,
+                                               progress)  # fmt: skip
 
-    target_name = move_handled(source, folders.processed).name
-    summary.results_file = _write_results(
-        results_report_path(folders.processed, target_name), spec, summary.outcomes
-    )
-    with connect(db_path) as conn:
+        target_name = move_handled(source, folders.processed).name
+        summary.results_file = _write_results(
+            results_report_path(folders.processed, target_name), spec, summary.outcomes
+        )
         finish_file(conn, digest, spec.folder, "processed", len(summary.outcomes))
     summary.calls = sum(c.total_calls for c in clients.values()) - calls_before
     summary.seconds = time.perf_counter() - started
@@ -313,7 +312,7 @@ def handle_action_file(
 
 def _reject(
     spec: ActionSpec,
-    db_path: Path,
+    conn: duckdb.DuckDBPyConnection,
     folders: Folders,
     source: Path,
     claim: FileClaim,
@@ -322,8 +321,7 @@ def _reject(
     moved = move_handled(source, folders.rejected)
     errors_file = write_errors_csv(errors_report_path(folders.rejected, moved.name), errors)
     if claim.previous_outcome != "processed":  # never forget that content was processed
-        with connect(db_path) as conn:
-            finish_file(conn, claim.file_hash, spec.folder, "rejected", 0)
+        finish_file(conn, claim.file_hash, spec.folder, "rejected", 0)
     return ActionFileRejected(source.name, errors, errors_file)
 
 
@@ -374,7 +372,7 @@ def _targets_frame(read: ActionFileResult) -> pd.DataFrame:
 
 
 def _refresh_statuses(
-    db_path: Path,
+    conn: duckdb.DuckDBPyConnection,
     targets: pd.DataFrame,
     clients: Mapping[str, PanelClient],
     cadence: Cadence,
@@ -402,15 +400,14 @@ def _refresh_statuses(
     if not frames:
         return
     observed = pd.concat(frames, ignore_index=True)
-    with connect(db_path) as conn:
-        summary.orders_changed, _ = apply_observations(conn, observed, datetime.now(UTC), cadence)
+    summary.orders_changed, _ = apply_observations(conn, observed, datetime.now(UTC), cadence)
     summary.status_refreshed = len(observed)
     progress(f"refreshed {len(observed)} order statuses, {summary.orders_changed} changed")
 
 
 def _check_and_send(
     spec: ActionSpec,
-    db_path: Path,
+    conn: duckdb.DuckDBPyConnection,
     read: ActionFileResult,
     claim: FileClaim,
     clients: Mapping[str, PanelClient],
@@ -419,12 +416,9 @@ def _check_and_send(
     progress: Callable[[str], None],
 ) -> list[RowOutcome]:
     wanted = _targets_frame(read)
-    with connect(db_path) as conn:
-        targets = order_targets(conn, wanted)
-    _refresh_statuses(db_path, targets, clients, cadence, summary, progress)
-    with connect(db_path) as conn:
-        targets = order_targets(conn, wanted)
-        earlier = _earlier_by_order(file_requests(conn, spec.table, claim))
+    _refresh_statuses(conn, order_targets(conn, wanted), clients, cadence, summary, progress)
+    targets = order_targets(conn, wanted)
+    earlier = _earlier_by_order(file_requests(conn, spec.table, claim))
 
     outcomes: dict[int, RowOutcome] = {}
     to_send: dict[str, list[Any]] = {}
@@ -450,14 +444,14 @@ def _check_and_send(
         f"{sum(o.state == SKIPPED for o in outcomes.values())} already requested"
     )
     for panel, rows in to_send.items():
-        for outcome in _send_panel(spec, db_path, clients[panel], rows, claim, progress):
+        for outcome in _send_panel(spec, conn, clients[panel], rows, claim, progress):
             outcomes[outcome.row] = outcome
     return [outcomes[r] for r in sorted(outcomes)]
 
 
 def _send_panel(
     spec: ActionSpec,
-    db_path: Path,
+    conn: duckdb.DuckDBPyConnection,
     client: PanelClient,
     rows: list[Any],
     claim: FileClaim,
@@ -469,27 +463,26 @@ def _send_panel(
     by_order = {int(r.order_id): r for r in rows}
     window = MAX_IDS_PER_CALL * client.panel.max_concurrency
     outcomes: list[RowOutcome] = []
-    with connect(db_path) as conn:
-        for ids in chunked(list(by_order), window):
-            requested_at = datetime.now(UTC)
-            record_in_flight(conn, spec.table, panel, ids, claim.file_name, requested_at)
-            results = spec.send(client, ids)
-            spec.record(conn, panel, claim.file_name, requested_at, results)
-            for result in results:
-                row, _, order_id, ref, service_id = _target_fields(by_order[int(result.order_id)])
-                state = spec.state_of(result)
-                refill_id = result.refill_id if isinstance(result, RefillResult) else None
-                outcomes.append(
-                    RowOutcome(
-                        row, panel, order_id, ref, service_id, state,
-                        refill_id if state == "submitted" else None,
-                        None if state in ("submitted", "accepted") else result.error,
-                    )
-                )  # fmt: skip
-            progress(
-                f"{panel}: {len(outcomes)}/{len(by_order)} {spec.kind} requests answered "
-                f"({dict(Counter(o.state for o in outcomes))})"
-            )
+    for ids in chunked(list(by_order), window):
+        requested_at = datetime.now(UTC)
+        record_in_flight(conn, spec.table, panel, ids, claim.file_name, requested_at)
+        results = spec.send(client, ids)
+        spec.record(conn, panel, claim.file_name, requested_at, results)
+        for result in results:
+            row, _, order_id, ref, service_id = _target_fields(by_order[int(result.order_id)])
+            state = spec.state_of(result)
+            refill_id = result.refill_id if isinstance(result, RefillResult) else None
+            outcomes.append(
+                RowOutcome(
+                    row, panel, order_id, ref, service_id, state,
+                    refill_id if state == "submitted" else None,
+                    None if state in ("submitted", "accepted") else result.error,
+                )
+            )  # fmt: skip
+        progress(
+            f"{panel}: {len(outcomes)}/{len(by_order)} {spec.kind} requests answered "
+            f"({dict(Counter(o.state for o in outcomes))})"
+        )
     return outcomes
 
 
