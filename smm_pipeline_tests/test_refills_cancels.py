@@ -14,7 +14,8 @@ import pytest
 
 from smm_pipeline.intake.csv_files import file_hash
 from smm_pipeline.warehouse.db import connect
-from smm_pipeline.warehouse.refills import IN_FLIGHT, claim_file, record_in_flight
+from smm_pipeline.warehouse.refills import IN_FLIGHT, claim_file, due_refills, record_in_flight
+from smm_pipeline.warehouse.status import Cadence
 from smm_pipeline_tests.conftest import make_pipeline, panel_yaml
 from smm_pipeline_tests.dagster_helpers import (
     drop_and_run,
@@ -189,6 +190,23 @@ def test_refills_end_to_end_with_per_row_refusals(pipeline, sim, instance):
     finished = tick(pipeline.defs(), "refill_status_sensor", instance)
     assert finished.skip_message == "no unfinished refills"
 
+    # The same content dropped again, under another name: nothing is requested again.
+    sim.reset_stats()
+    again = drop_action(pipeline, instance, "refills", "refills-again.csv", refill_file)
+    assert again.success, event_texts(again)
+    rows = results(pipeline, "refills-again.results.csv")
+    assert [r["state"] for r in rows] == ["skipped"] * 6
+    assert "already processed as refills.csv" in rows[0]["error"]
+    assert [r["refill_id"] for r in rows[:2]] == [
+        str(panel_refills[ids["fin"]]),
+        str(panel_refills[ids["part"]]),
+    ]
+    assert sim.stats()["calls"] == {}
+    assert len(sim.refills()) == 2
+    assert query(
+        pipeline, "SELECT outcome, file_name FROM processed_files WHERE kind = 'refills'"
+    ) == [("processed", "refills.csv")]
+
 
 def test_refill_status_sensor_launches_due_polls_until_finished(fast_pipeline, sim, instance):
     pipeline = fast_pipeline
@@ -203,19 +221,12 @@ def test_refill_status_sensor_launches_due_polls_until_finished(fast_pipeline, s
     assert result.success, event_texts(result)
     assert [r["state"] for r in results(pipeline, "r.results.csv")] == ["submitted"] * 2
 
-    # Due (the cadence is tiny here) but the panel still works on them: polled, still open.
+    # The simulator finishes them; they are due (the cadence is tiny here): the sensor asks
+    # for a poll, the poll records the final statuses, and the sensor goes quiet.
+    sim.advance(3600)
     ticked = tick(pipeline.defs(), "refill_status_sensor", instance)
     assert len(ticked.run_requests) == 1, ticked.skip_message
-    request = ticked.run_requests[0]
-    assert request.run_key.startswith("refills:")
-    run_requested(pipeline.defs(), request, instance, "poll_refill_statuses")
-    assert {s for (s,) in query(pipeline, "SELECT status FROM refills")} == {"Pending"}
-    assert latest_metadata(instance, "refills")["open_refills"] == 2
-
-    sim.advance(3600)  # the simulator finishes them
-    ticked = tick(pipeline.defs(), "refill_status_sensor", instance)
-    assert len(ticked.run_requests) == 1, ticked.skip_message
-    assert ticked.run_requests[0].run_key != request.run_key
+    assert ticked.run_requests[0].run_key.startswith("refills:")
     polled = run_requested(pipeline.defs(), ticked.run_requests[0], instance,
                            "poll_refill_statuses")  # fmt: skip
     assert polled.success, event_texts(polled)
@@ -225,39 +236,6 @@ def test_refill_status_sensor_launches_due_polls_until_finished(fast_pipeline, s
     assert tick(pipeline.defs(), "refill_status_sensor", instance).skip_message == (
         "no unfinished refills"
     )
-
-
-def test_redropped_refill_file_requests_nothing_new(pipeline, sim, instance):
-    sim.configure(outcome_weights=ONLY_COMPLETED)
-    ids = place_orders(pipeline, instance, "o.csv", [("a", 1, 100), ("b", 1, 100)])
-    sim.advance(3600)
-    content = "ref\na\nb\n"
-    assert drop_action(pipeline, instance, "refills", "first.csv", content).success
-    assert len(sim.refills()) == 2
-    sim.reset_stats()
-
-    # A second first.csv lands in processed/ under a time-stamped name, its report too.
-    for name, report in (("renamed.csv", "renamed.results.csv"), ("first.csv", "first.2*")):
-        again = drop_action(pipeline, instance, "refills", name, content)
-        assert again.success, event_texts(again)
-        assert len(sim.refills()) == 2
-        (report_file,) = pipeline.folders.processed.glob(report.replace("*", "*.results.csv"))
-        rows = results(pipeline, report_file.name)
-        assert [r["state"] for r in rows] == ["skipped", "skipped"]
-        assert "already processed as first.csv" in rows[0]["error"]
-        assert {int(r["refill_id"]) for r in rows} == {r["refill"] for r in sim.refills()}
-    assert sim.stats()["calls"].get("refill", 0) == 0
-    assert query(pipeline, "SELECT count(*) FROM refills") == [(2,)]
-    assert query(
-        pipeline, "SELECT outcome, file_name FROM processed_files WHERE kind = 'refills'"
-    ) == [("processed", "first.csv")]
-    # A new file may ask again once the first refill is finished: that is a new request.
-    for refill in sim.refills():
-        sim.set_refill(refill["refill"], "Completed")
-    later = drop_action(pipeline, instance, "refills", "later.csv", f"order\n{ids['a']}\n")
-    assert later.success
-    assert [r["state"] for r in results(pipeline, "later.results.csv")] == ["submitted"]
-    assert len(sim.refills()) == 3
 
 
 def test_multi_chunk_refills_statuses_and_cancels(pipeline, sim, instance):
@@ -314,9 +292,10 @@ def test_ambiguous_refills_are_recorded_and_never_retried(pipeline, sim, instanc
         pipeline, "SELECT order_id, refill_id, request_state FROM refills ORDER BY 1"
     ) == sorted([(ids["a"], None, "ambiguous"), (ids["b"], None, "ambiguous")])
     assert "ambiguous" in event_texts(result)
-    # Nothing is sent again: not by the poll (no refill id), not by a re-drop.
+    # Nothing is sent again: not by a poll (no refill id to ask about), not by a re-drop.
+    with connect(pipeline.db_path) as conn:
+        assert due_refills(conn, datetime.now(UTC), Cadence(), poll_all=True).empty
     sim.reset_stats()
-    run_poll(pipeline, instance, "poll_refill_statuses", poll_all=True)
     assert drop_action(pipeline, instance, "refills", "amb-again.csv", content).success
     assert sim.stats()["calls"] == {}
     assert len(sim.refills()) == 2
@@ -341,7 +320,16 @@ def test_ambiguous_refills_are_recorded_and_never_retried(pipeline, sim, instanc
     ) == sorted([(ids["c"], "ambiguous", IN_FLIGHT), (ids["d"], "submitted", None)])
 
 
-def test_bad_refill_file_is_rejected_whole(pipeline, sim, instance):
+def test_file_sensors_skip_and_a_bad_file_is_rejected_whole(pipeline, sim, instance):
+    defs = pipeline.defs()
+    for sensor, kind in (("refill_csv_sensor", "refills"), ("cancel_csv_sensor", "cancels")):
+        skipped = tick(defs, sensor, instance)
+        assert not skipped.run_requests
+        assert skipped.skip_message == f"no CSV files in {pipeline.folders.inbox(kind)}"
+    pipeline.drop("cancels", "busy.csv", "order\n1\n")  # just written: not settled yet
+    waiting = tick(defs, "cancel_csv_sensor", instance)
+    assert waiting.skip_message == "waiting for busy.csv to finish being written"
+
     result = drop_action(pipeline, instance, "refills", "bad.csv", "ref,oder\na,1\n")
     assert not result.success
     assert "unknown column 'oder'" in event_texts(result)
@@ -352,17 +340,6 @@ def test_bad_refill_file_is_rejected_whole(pipeline, sim, instance):
     assert query(pipeline, "SELECT outcome FROM processed_files WHERE kind = 'refills'") == [
         ("rejected",)
     ]
-
-
-def test_file_sensors_skip_reasons(pipeline, instance):
-    defs = pipeline.defs()
-    for sensor, kind in (("refill_csv_sensor", "refills"), ("cancel_csv_sensor", "cancels")):
-        skipped = tick(defs, sensor, instance)
-        assert not skipped.run_requests
-        assert skipped.skip_message == f"no CSV files in {pipeline.folders.inbox(kind)}"
-    pipeline.drop("cancels", "busy.csv", "order\n1\n")  # just written: not settled yet
-    waiting = tick(defs, "cancel_csv_sensor", instance)
-    assert waiting.skip_message == "waiting for busy.csv to finish being written"
 
 
 # ------------------------------------------------------------------ cancels
@@ -418,8 +395,3 @@ def test_cancels_end_to_end_with_per_row_refusals(pipeline, sim, instance):
     assert result.success, event_texts(result)
     assert [r["result"] for r in results(pipeline, "amb.results.csv")] == ["ambiguous"]
     assert sim.order(ids["amb"])["status"] == "Canceled"
-    sim.reset_stats()
-    again = drop_action(pipeline, instance, "cancels", "amb2.csv", "ref\namb\n")
-    assert again.success
-    assert [r["result"] for r in results(pipeline, "amb2.results.csv")] == ["skipped"]
-    assert "cancel" not in sim.stats()["calls"]
