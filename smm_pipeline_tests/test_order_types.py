@@ -396,3 +396,9 @@ def test_field_layout_checks_rows_of_cells_like_build_add_params() -> None:
     assert info.value.problems == (
         ("answer_number", "answer_number is required for service type 'Poll'"),
     )
+
+
+def test_list_items_split_only_on_line_ends() -> None:
+    request = build("Custom Comments", {"link": LINK, "comments": "a\u2028b\x0cc\rd\r\n e "})
+    assert request.params["comments"] == "a\u2028b\x0cc\nd\ne"
+    assert request.quantity == 3

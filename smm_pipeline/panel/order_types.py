@@ -255,7 +255,7 @@ def _shown(value: str, limit: int = 60) -> str:
 
 # How each field is checked. A plan is compiled once per (columns, type): the fields present
 # with their cell index and check, so the per-row loop only does the checks themselves.
-_LINK, _POSITIVE, _NON_NEGATIVE, _LIST, _TEXT, _DELAY, _EXPIRY = range(7)
+_LINK, _POSITIVE, _NON_NEGATIVE, _LIST, _TEXT, _DELAY, _EXPIRY, _OTHER = range(8)
 
 
 def _kind(name: str) -> int:
@@ -269,7 +269,7 @@ def _kind(name: str) -> int:
         return _LIST
     if name in _TEXT_FIELDS:
         return _TEXT
-    return _DELAY if name == "delay" else _EXPIRY
+    return {"delay": _DELAY, "expiry": _EXPIRY}.get(name, _OTHER)
 
 
 class _Plan(NamedTuple):
@@ -344,7 +344,10 @@ def _int_or_problem(name: str, raw: str, minimum: int) -> int | str:
 
 
 def _lines(raw: str) -> list[str]:
-    return [s for s in (part.strip() for part in raw.splitlines()) if s]
+    """The items of a list cell: split on \\r\\n, \\n or \\r only (not on the other characters
+    `str.splitlines` knows, which a panel would not split on), trimmed, blanks dropped."""
+    text = raw.replace("\r\n", "\n").replace("\r", "\n")
+    return [s for s in (part.strip() for part in text.split("\n")) if s]
 
 
 def build_add_params(
@@ -359,7 +362,7 @@ def build_add_params(
 
     `fields` maps field names to cell text (an empty string is an absent field); fields the
     type does not take must be empty. `delay_values` are the panel's allowed subscription
-    delays (only `panel_name` is used in messages). With `today`, an expiry before it is
+    delays; `panel_name` only makes messages clearer. With `today`, an expiry before it is
     refused. Raises `OrderFieldError` naming every problem of the row.
     """
     layout = FieldLayout(tuple(fields))
@@ -429,7 +432,7 @@ def _build_known(
                 fail((name, f"delay {number} is not allowed on {where}; allowed: {allowed}"))
             else:
                 params[name] = str(number)
-        else:
+        elif kind == _EXPIRY:
             _check_expiry(raw, today, params, problems)
 
     for name, index in plan.foreign:
