@@ -250,7 +250,7 @@ def validate_order_file(
                 derived,
             )
         )
-    if any(e.row == 0 for e in errors):  # no data rows, or a syntax error: nothing to price
+    if any(e.row == 0 for e in errors):  # the file has no data rows: nothing to price
         return IntakeResult(file_name, digest, [], errors)
     totals = panel_totals((row.panel, row.estimated_cost) for row in rows)
     errors.extend(batch_errors(totals, settings, balances))
