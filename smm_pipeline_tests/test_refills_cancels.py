@@ -132,19 +132,21 @@ def test_refills_end_to_end_with_per_row_refusals(pipeline, sim, instance):
     sim.set_order(ids["open"], status="In progress", remains=120)
     sim.reset_stats()
 
-    refill_file = f"order,ref\n{ids['fin']},\n,part\n,norefill\n,open\n,nope\n987654321,\n"
+    rows_text = [f"{ids['fin']},", ",part", ",norefill", ",open", ",nope", "987654321,", ",fin"]
+    refill_file = "order,ref\n" + "\n".join(rows_text) + "\n"
     result = drop_action(pipeline, instance, "refills", "refills.csv", refill_file)
     assert result.success, event_texts(result)
 
     rows = results(pipeline, "refills.results.csv")
     assert [r["state"] for r in rows] == [
-        "submitted", "submitted", "not_sent", "not_sent", "not_sent", "not_sent",
+        "submitted", "submitted", "not_sent", "not_sent", "not_sent", "not_sent", "not_sent",
     ]  # fmt: skip
     assert rows[1]["order"] == str(ids["part"]) and rows[1]["ref"] == "part"
     assert "refill=false" in rows[2]["error"]
     assert "In progress" in rows[3]["error"] and "Completed or Partial" in rows[3]["error"]
     assert "no order with ref 'nope'" in rows[4]["error"]
     assert "987654321 is not in the warehouse" in rows[5]["error"]
+    assert rows[6]["error"] == f"order {ids['fin']} is already listed in row 1"
     assert not list(pipeline.folders.inbox("refills").iterdir())
     assert not (pipeline.folders.rejected / "refills.csv").exists()
 
@@ -195,7 +197,7 @@ def test_refills_end_to_end_with_per_row_refusals(pipeline, sim, instance):
     again = drop_action(pipeline, instance, "refills", "refills-again.csv", refill_file)
     assert again.success, event_texts(again)
     rows = results(pipeline, "refills-again.results.csv")
-    assert [r["state"] for r in rows] == ["skipped"] * 6
+    assert [r["state"] for r in rows] == ["skipped"] * 7
     assert "already processed as refills.csv" in rows[0]["error"]
     assert [r["refill_id"] for r in rows[:2]] == [
         str(panel_refills[ids["fin"]]),

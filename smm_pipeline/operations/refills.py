@@ -422,6 +422,7 @@ def _check_and_send(
 
     outcomes: dict[int, RowOutcome] = {}
     to_send: dict[str, list[Any]] = {}
+    queued: dict[tuple[str, int | None], int] = {}
     for t in targets.itertuples(index=False):
         row, panel, order_id, ref, service_id = _target_fields(t)
         before = earlier.get((panel, order_id)) if order_id is not None else None
@@ -432,6 +433,9 @@ def _check_and_send(
             )  # fmt: skip
             continue
         refusal = spec.refusal(t)
+        first = queued.setdefault((panel, order_id), row) if refusal is None else row
+        if refusal is None and first != row:  # one by order id, one by its ref
+            refusal = f"order {order_id} is already listed in row {first}"
         if refusal is not None:
             outcomes[row] = RowOutcome(row, panel, order_id, ref, service_id, NOT_SENT,
                                        error=refusal)  # fmt: skip
