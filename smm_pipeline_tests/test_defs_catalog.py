@@ -1,0 +1,184 @@
+"""Catalog and balance assets, their schedules and the low-balance check, in real Dagster."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import dagster as dg
+import duckdb
+import pytest
+
+from smm_pipeline_tests.conftest import TEST_KEY, make_pipeline, panel_yaml
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def materialize(pipeline, instance, asset: str, partition: str = "sim", raise_on_error=True):
+    defs = pipeline.defs()
+    job = defs.resolve_job_def(
+        "refresh_service_catalog" if asset == "service_catalog" else "refresh_panel_balances"
+    )
+    return job.execute_in_process(
+        instance=instance, partition_key=partition, raise_on_error=raise_on_error
+    )
+
+
+def materialization(result, asset: str) -> dict:
+    [event] = [
+        e
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+        and e.event_specific_data.materialization.asset_key == dg.AssetKey(asset)
+    ]
+    return {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+
+
+def changes(pipeline) -> list[tuple]:
+    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+        return con.execute(
+            "SELECT service_id, field, old_value, new_value FROM service_changes "
+            "WHERE field NOT IN ('appeared') ORDER BY service_id, field"
+        ).fetchall()
+
+
+def test_catalog_changes_are_recorded_exactly(pipeline, sim, instance):
+    first = materialize(pipeline, instance, "service_catalog")
+    meta = materialization(first, "service_catalog")
+    assert meta["dagster/row_count"] == len(sim.services())
+    assert meta["new_services"] == len(sim.services())
+    unchanged = materialize(pipeline, instance, "service_catalog")
+    assert materialization(unchanged, "service_catalog")["change_rows"] == 0
+    assert changes(pipeline) == []
+
+    sim.patch_service(1, rate="0.99")
+    sim.patch_service(2, min=25)
+    sim.remove_service(3)
+    sim.add_service(
+        {"service": 500, "name": "New Views", "type": "Default", "category": "TikTok",
+         "rate": "0.01", "min": "100", "max": "1000", "refill": False, "cancel": False}
+    )  # fmt: skip
+    second = materialization(materialize(pipeline, instance, "service_catalog"), "service_catalog")
+    assert (second["new_services"], second["changed_services"], second["vanished_services"]) == (
+        1,
+        2,
+        1,
+    )
+    recorded = changes(pipeline)
+    assert [r[:2] for r in recorded] == [(1, "rate"), (2, "min"), (3, "disappeared")]
+    assert recorded[0][2:] == ("0.9", "0.99")
+    assert recorded[1][2:] == ("20", "25")
+    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+        active, rate = con.execute(
+            "SELECT active, rate FROM services WHERE service_id = 3"
+        ).fetchall()[0]
+        assert active is False and rate == Decimal("0.25")
+        appeared = con.execute(
+            "SELECT count(*) FROM service_changes WHERE service_id = 500 AND field = 'appeared'"
+        ).fetchall()[0][0]
+        assert appeared == 1
+    again = materialization(materialize(pipeline, instance, "service_catalog"), "service_catalog")
+    assert again["change_rows"] == 0
+
+
+def test_balance_history_and_low_balance_check(pipeline, sim, instance):
+    def check_passed(result) -> bool:
+        [evaluation] = [
+            e.event_specific_data
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
+        assert evaluation.check_name == "low_balance_sim"
+        return evaluation.passed
+
+    ok = materialize(pipeline, instance, "panel_balances")
+    assert materialization(ok, "panel_balances")["balance"] == "1000.00 USD"
+    assert check_passed(ok)
+    sim.set_balance("100.00")  # exactly the threshold: still fine
+    assert check_passed(materialize(pipeline, instance, "panel_balances"))
+    sim.set_balance("99.99")
+    low = materialize(pipeline, instance, "panel_balances")
+    assert low.success  # a WARN check does not fail the run
+    assert not check_passed(low)
+    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+        rows = con.execute("SELECT balance, currency FROM balances ORDER BY fetched_at").fetchall()
+    assert rows == [
+        (Decimal("1000.00"), "USD"),
+        (Decimal("100.00"), "USD"),
+        (Decimal("99.99"), "USD"),
+    ]
+
+
+def test_a_panel_that_is_down_fails_only_its_own_partition(tmp_path, monkeypatch, sim, instance):
+    pipeline = make_pipeline(
+        tmp_path,
+        monkeypatch,
+        [
+            panel_yaml("up", sim.url, rate_limit_per_minute=60000),
+            panel_yaml("down", "http://127.0.0.1:9/api/v2", max_retries=1),
+        ],
+    )
+    up = materialize(pipeline, instance, "service_catalog", "up")
+    down = materialize(pipeline, instance, "service_catalog", "down", raise_on_error=False)
+    assert up.success and not down.success
+    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+        panels = con.execute("SELECT DISTINCT panel FROM services").fetchall()
+    assert panels == [("up",)]
+
+
+def test_schedules_request_one_run_per_panel(tmp_path, monkeypatch, sim, instance):
+    pipeline = make_pipeline(
+        tmp_path, monkeypatch, [panel_yaml("a", sim.url), panel_yaml("b", sim.url)]
+    )
+    defs = pipeline.defs()
+    for name in ("service_catalog_hourly", "panel_balances_every_15_minutes"):
+        schedule = defs.get_schedule_def(name)
+        assert schedule.execution_timezone == "UTC"
+        assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+        context = dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=datetime(2026, 1, 1, 10, tzinfo=UTC),
+            repository_def=defs.get_repository_def(),
+        )
+        requests = schedule.evaluate_tick(context).run_requests
+        assert sorted(r.partition_key for r in requests) == ["a", "b"]
+        assert len({r.run_key for r in requests}) == 2
+
+
+def test_definitions_load_and_name_everything(pipeline):
+    defs = pipeline.defs()
+    dg.Definitions.validate_loadable(defs)
+    jobs = {j.name for j in defs.resolve_all_job_defs()}
+    assert {"submit_orders", "poll_order_statuses", "refresh_service_catalog"} <= jobs
+    sensors = (
+        {s.name for s in defs.resolve_sensor_defs()}
+        if hasattr(defs, "resolve_sensor_defs")
+        else {s.name for s in defs.sensors}
+    )
+    assert {"order_csv_sensor", "order_status_sensor"} <= sensors
+
+
+def test_the_shipped_definitions_module_loads(monkeypatch):
+    monkeypatch.delenv("SMM_PANELS_FILE", raising=False)
+    import importlib
+
+    import smm_pipeline.definitions as module
+
+    module = importlib.reload(module)
+    dg.Definitions.validate_loadable(module.defs)
+    asset_keys = {k.to_user_string() for k in module.defs.resolve_all_asset_keys()}
+    assert {"service_catalog", "panel_balances", "orders"} <= asset_keys
+
+
+def test_the_key_is_absent_from_catalog_and_balance_event_logs(pipeline, sim, instance):
+    results = [
+        materialize(pipeline, instance, "service_catalog"),
+        materialize(pipeline, instance, "panel_balances"),
+    ]
+    for result in results:
+        text = "\n".join(repr(e) for e in instance.all_logs(result.run_id))
+        assert text and TEST_KEY not in text
