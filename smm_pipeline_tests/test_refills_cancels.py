@@ -16,7 +16,7 @@ from smm_pipeline.intake.csv_files import file_hash
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.refills import IN_FLIGHT, claim_file, due_refills, record_in_flight
 from smm_pipeline.warehouse.status import Cadence
-from smm_pipeline_tests.conftest import make_pipeline, panel_yaml
+from smm_pipeline_tests.conftest import TEST_KEY, make_pipeline, panel_yaml
 from smm_pipeline_tests.dagster_helpers import (
     drop_and_run,
     event_texts,
@@ -173,6 +173,8 @@ def test_refills_end_to_end_with_per_row_refusals(pipeline, sim, instance):
     meta = latest_metadata(instance, "refills")
     assert meta["open_refills"] == 2
     assert meta["submitted"] == 2
+    assert meta["dagster/row_count"] == 2
+    assert TEST_KEY not in event_texts(result)
 
     # The refills are due in minutes: the sensor says when, and launches nothing yet.
     skipped = tick(pipeline.defs(), "refill_status_sensor", instance)
@@ -294,6 +296,7 @@ def test_ambiguous_refills_are_recorded_and_never_retried(pipeline, sim, instanc
         pipeline, "SELECT order_id, refill_id, request_state FROM refills ORDER BY 1"
     ) == sorted([(ids["a"], None, "ambiguous"), (ids["b"], None, "ambiguous")])
     assert "ambiguous" in event_texts(result)
+    assert TEST_KEY not in event_texts(result)
     # Nothing is sent again: not by a poll (no refill id to ask about), not by a re-drop.
     with connect(pipeline.db_path) as conn:
         assert due_refills(conn, datetime.now(UTC), Cadence(), poll_all=True).empty

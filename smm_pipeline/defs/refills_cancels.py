@@ -20,7 +20,7 @@ from smm_pipeline.operations.refills import (
     poll_refills,
 )
 from smm_pipeline.operations.refills import request_refill_file as refill_file
-from smm_pipeline.warehouse.refills import open_refills_summary, refill_rows
+from smm_pipeline.warehouse.refills import count_requests, open_refills_summary, refill_rows
 from smm_pipeline.warehouse.status import Cadence
 
 REFILLS_KEY = dg.AssetKey("refills")
@@ -59,11 +59,13 @@ def refills_materialization(
     with warehouse.connect() as conn:
         open_count, next_due = open_refills_summary(conn, cadence)
         latest = refill_rows(conn)
+        total = count_requests(conn, "refills")
     return dg.AssetMaterialization(
         asset_key=REFILLS_KEY,
         description=description,
         metadata={
             **metadata,
+            "dagster/row_count": total,
             "open_refills": open_count,
             "open_orders": open_count,
             "next_poll_due_at": dg.MetadataValue.float(next_due.timestamp() if next_due else 0.0),
@@ -174,11 +176,14 @@ def cancel_order_file(
         raise _rejected(rejected, warehouse) from None
     warehouse.publish()
     _log_summary(context, summary, "cancel")
+    with warehouse.connect() as conn:
+        total = count_requests(conn, "cancels")
     context.log_event(
         dg.AssetMaterialization(
             asset_key=CANCELS_KEY,
             description=f"cancel file {summary.file_name}",
             metadata={
+                "dagster/row_count": total,
                 "file": summary.file_name,
                 "accepted": summary.count("accepted"),
                 "refused": summary.count("refused"),

@@ -404,6 +404,11 @@ def apply_refill_statuses(
     return int(changed), int(errors)
 
 
+def count_requests(conn: duckdb.DuckDBPyConnection, table: RequestTable) -> int:
+    """Rows in `refills` or `cancels` (the asset's row count)."""
+    return int(conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
+
+
 def refill_rows(conn: duckdb.DuckDBPyConnection, limit: int = 20) -> pd.DataFrame:
     """The latest refill requests, for previews."""
     return conn.execute(
