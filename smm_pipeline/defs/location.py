@@ -35,9 +35,12 @@ def build_definitions(
         ),
         refills_cancels_defs,
         dg.Definitions(
+            # Every job's steps run one after another and share the DuckDB pool: a process per
+            # step would only add start-up time.
+            executor=dg.in_process_executor,
             resources={
                 "panels": PanelsResource(panels_file=panels_file),
                 "warehouse": WarehouseResource(path=duckdb_path),
-            }
+            },
         ),
     )
