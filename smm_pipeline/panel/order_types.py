@@ -211,6 +211,10 @@ class AddRequest(NamedTuple):
     warnings: tuple[str, ...] = ()
 
 
+# tuple.__new__ builds a NamedTuple without running its Python-level __new__: one per CSV row.
+_new_request = tuple.__new__
+
+
 # A link is an http(s) URL with a host: scheme, optional userinfo, a host name or [IPv6],
 # optional port, then a path/query/fragment. No whitespace anywhere.
 # Possessive quantifiers: a link is scanned once, never backtracked (it runs for every row).
@@ -496,7 +500,9 @@ def _build_known(
                 billed = 1
     if problems:
         raise _rejected(problems)
-    return AddRequest(sid, type_name, params, quantity, billed, order_type.pricing, True, warnings)
+    return _new_request(
+        AddRequest, (sid, type_name, params, quantity, billed, order_type.pricing, True, warnings)
+    )
 
 
 def _check_expiry(
