@@ -12,13 +12,15 @@ import dagster as dg
 import duckdb
 import pytest
 
+from smm_pipeline.defs.resources import PanelsResource
 from smm_pipeline.intake.csv_files import file_hash
+from smm_pipeline.operations.order_files import finish_order_file, prepare_order_file
+from smm_pipeline.operations.submission import submit_file
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.refills import IN_FLIGHT, claim_file, due_refills, record_in_flight
 from smm_pipeline.warehouse.status import Cadence
 from smm_pipeline_tests.conftest import TEST_KEY, make_pipeline, panel_yaml
 from smm_pipeline_tests.dagster_helpers import (
-    drop_and_run,
     event_texts,
     run_requested,
     settle,
@@ -72,12 +74,20 @@ def order_ids(pipeline) -> dict[str, int]:
     return dict(query(pipeline, "SELECT ref, order_id FROM orders WHERE order_id IS NOT NULL"))
 
 
-def place_orders(pipeline, instance, name: str, rows: list[tuple[str, int, int]]) -> dict:
-    """Submit orders (ref, service, quantity) through submit_orders; returns ref → order id."""
+def place_orders(pipeline, name: str, rows: list[tuple[str, int, int]]) -> dict[str, int]:
+    """Place orders (ref, service, quantity) through the order-file steps (the submit_orders
+    job is tested in test_defs_orders; calling its steps directly keeps these tests fast).
+    Returns ref -> panel order id."""
     lines = ["ref,service,link,quantity"]
     lines += [f"{ref},{service},https://x.com/{ref},{qty}" for ref, service, qty in rows]
-    result = drop_and_run(pipeline, instance, name, "\n".join(lines) + "\n")
-    assert result.success, event_texts(result)
+    content = ("\n".join(lines) + "\n").encode()
+    pipeline.drop("orders", name, content)
+    settings, db_path = pipeline.settings, pipeline.db_path
+    with PanelsResource(panels_file=str(pipeline.panels_file)).clients(settings) as clients:
+        prepared = prepare_order_file(settings, db_path, name, file_hash(content), clients)
+        report = submit_file(db_path, prepared.file_hash, clients)
+        finish_order_file(settings, db_path, prepared, clients)
+    assert report.submitted == len(rows), report
     return order_ids(pipeline)
 
 
@@ -122,7 +132,6 @@ def run_poll(pipeline, instance, job: str, *, poll_all: bool) -> dg.ExecuteInPro
 def test_refills_end_to_end_with_per_row_refusals(pipeline, sim, instance):
     ids = place_orders(
         pipeline,
-        instance,
         "orders.csv",
         [("fin", 1, 100), ("part", 3, 100), ("norefill", 2, 100), ("open", 1, 200)],
     )
@@ -219,7 +228,7 @@ def test_refill_status_sensor_launches_due_polls_until_finished(fast_pipeline, s
         == "no refills recorded yet"
     )
     sim.configure(outcome_weights=ONLY_COMPLETED, refill_rejected_percent=0)
-    ids = place_orders(pipeline, instance, "o.csv", [("a", 1, 100), ("b", 16, 100)])
+    ids = place_orders(pipeline, "o.csv", [("a", 1, 100), ("b", 16, 100)])
     sim.advance(3600)
     result = drop_action(pipeline, instance, "refills", "r.csv", "ref\na\nb\n")
     assert result.success, event_texts(result)
@@ -246,7 +255,7 @@ def test_multi_chunk_refills_statuses_and_cancels(pipeline, sim, instance):
     """More than 100 orders in a file: calls of at most 100 ids, every id sent once."""
     done = [f"d{i}" for i in range(130)]
     still_open = [f"o{i}" for i in range(105)]
-    ids = place_orders(pipeline, instance, "many.csv", [(r, 1, 50) for r in done + still_open])
+    ids = place_orders(pipeline, "many.csv", [(r, 1, 50) for r in done + still_open])
     for ref in done:
         sim.set_order(ids[ref], status="Completed")
     sim.reset_stats()
@@ -280,7 +289,7 @@ def test_multi_chunk_refills_statuses_and_cancels(pipeline, sim, instance):
 
 def test_ambiguous_refills_are_recorded_and_never_retried(pipeline, sim, instance):
     sim.configure(outcome_weights=ONLY_COMPLETED)
-    ids = place_orders(pipeline, instance, "o.csv", [(r, 1, 100) for r in ("a", "b", "c", "d")])
+    ids = place_orders(pipeline, "o.csv", [(r, 1, 100) for r in ("a", "b", "c", "d")])
     sim.advance(3600)
     sim.inject("drop_after", action="refill", times=1)
     content = "ref\na\nb\n"
@@ -351,13 +360,8 @@ def test_file_sensors_skip_and_a_bad_file_is_rejected_whole(pipeline, sim, insta
 
 
 def test_cancels_end_to_end_with_per_row_refusals(pipeline, sim, instance):
-    ids = place_orders(
-        pipeline,
-        instance,
-        "orders.csv",
-        [("open", 1, 100), ("nocancel", 3, 100), ("done", 2, 100), ("amb", 16, 100),
-         ("refuse", 18, 100)],
-    )  # fmt: skip
+    refs = [("open", 1), ("nocancel", 3), ("done", 2), ("amb", 16), ("refuse", 18)]
+    ids = place_orders(pipeline, "orders.csv", [(ref, service, 100) for ref, service in refs])
     sim.set_order(ids["done"], status="Completed")
     sim.patch_service(18, cancel=False)  # the panel changed its terms; our catalog is older
     sim.reset_stats()
