@@ -49,8 +49,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
+# Headless end-to-end run in a temporary directory; `make demo KEEP=dir` keeps it for the notebook.
 demo: $(STAMP)
-	$(BIN)/python -m smm_pipeline.demo
+	$(BIN)/python -m smm_pipeline.demo $(if $(KEEP),--keep $(KEEP))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
