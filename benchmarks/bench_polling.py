@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> dict:
         calls_seen = sum(s.stats()["calls"].get("status", 0) for s in sims)
     expected_calls = sum(math.ceil(per_panel / 100) for _ in PANELS)
     per_panel_calls = math.ceil(per_panel / 100)
-    bound = math.ceil(per_panel_calls / args.concurrency) * args.latency_ms / 1000
+    # The bound: calls × latency / concurrency (concurrency = the per-panel cap).
+    bound = expected_calls * args.latency_ms / 1000 / args.concurrency
+    # Stricter: the panels are polled in parallel, each with its own cap.
+    strict = math.ceil(per_panel_calls / args.concurrency) * args.latency_ms / 1000
     record = {
         "orders": per_panel * len(PANELS),
         "panels": len(PANELS),
@@ -100,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
         "write_seconds": round(result.write_seconds, 3),
         "write_share": round(result.write_seconds / wall, 3),
         "bound_seconds": round(bound, 3),
-        "ratio_to_bound": round(result.http_seconds / bound, 3),
+        "ratio_to_bound": round(wall / bound, 3),
+        "strict_parallel_bound_seconds": round(strict, 3),
+        "ratio_to_strict_bound": round(wall / strict, 3),
         "one_call_per_order_calls": per_panel * len(PANELS),
         "call_ratio": round(per_panel * len(PANELS) / result.calls, 1),
         "peak_rss_mb": peak_rss_mb(),
@@ -114,7 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
              f"{calls_seen})"),
             ("wall", f"{wall:.2f} s (HTTP {result.http_seconds:.2f} s, DuckDB writes "
              f"{result.write_seconds:.2f} s = {record['write_share']:.0%})"),
-            ("bound calls·lat/conc", f"{bound:.2f} s (HTTP ratio {record['ratio_to_bound']})"),
+            ("bound calls·lat/conc", f"{bound:.2f} s (wall ratio {record['ratio_to_bound']})"),
+            ("strict bound, panels ∥", f"{strict:.2f} s (wall ratio "
+             f"{record['ratio_to_strict_bound']})"),
             ("one call per order", f"{record['one_call_per_order_calls']} calls "
              f"({record['call_ratio']}× more)"),
             ("peak RSS", f"{record['peak_rss_mb']} MB"),
