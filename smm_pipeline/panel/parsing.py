@@ -25,6 +25,9 @@ from smm_pipeline.panel.statuses import (
     normalize_subscription_status,
 )
 
+# A writing action's answer that does not mention an id: the panel may have acted on it.
+MISSING_WRITE = "missing from the panel's answer: the request may have been carried out"
+
 
 class ShapeError(ValueError):
     """An answer that is JSON but not the shape the API documents."""
@@ -206,7 +209,7 @@ def parse_multi_refill(ids: Iterable[int], body: Any) -> list[RefillResult]:
     return [
         parse_refill(oid, items[oid])
         if oid in items
-        else RefillResult(order_id=oid, error="missing from the panel's answer")
+        else RefillResult(order_id=oid, error=MISSING_WRITE, ambiguous=True)
         for oid in ids
     ]
 
@@ -244,7 +247,7 @@ def parse_multi_cancel(ids: Iterable[int], body: Any) -> list[CancelResult]:
     for oid in ids:
         item = items.get(oid)
         if item is None:
-            results.append(CancelResult(oid, accepted=False, error="missing from the answer"))
+            results.append(CancelResult(oid, accepted=False, error=MISSING_WRITE, ambiguous=True))
             continue
         value = item.get("cancel", item.get("value"))
         error = _item_error(value)
