@@ -14,8 +14,9 @@ import json
 import dagster as dg
 
 from smm_pipeline.config import data_dir_from_env
+from smm_pipeline.defs.metadata import frame_preview
 from smm_pipeline.intake.csv_files import file_hash
-from smm_pipeline.operations.inbox import Folders, is_complete, observe
+from smm_pipeline.operations.inbox import FileRejected, Folders, is_complete, observe
 
 SENSOR_INTERVAL_SECONDS = 15
 
@@ -89,3 +90,16 @@ def file_drop_sensor(
         return dg.SkipReason(f"no CSV files in {folder}")
 
     return _sensor
+
+
+def rejection_failure(rejected: FileRejected) -> dg.Failure:
+    """The run's failure for a refused file: the first errors in its metadata."""
+    return dg.Failure(
+        description=rejected.summary,
+        metadata={
+            "file": rejected.file_name,
+            "errors": len(rejected.errors),
+            "errors_file": str(rejected.errors_file),
+            "first_errors": frame_preview(rejected.preview_frame()),
+        },
+    )

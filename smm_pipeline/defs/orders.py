@@ -6,12 +6,12 @@ The sensor only looks at the folder (no API, no DuckDB). The job's three steps e
 
 import dagster as dg
 
-from smm_pipeline.defs.files import FileRunConfig, file_drop_sensor
+from smm_pipeline.defs.files import FileRunConfig, file_drop_sensor, rejection_failure
 from smm_pipeline.defs.metadata import frame_preview, money
 from smm_pipeline.defs.polling import orders_materialization
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
+from smm_pipeline.operations.inbox import FileRejected
 from smm_pipeline.operations.order_files import (
-    OrderFileRejected,
     PreparedOrderFile,
     finish_order_file,
     prepare_order_file,
@@ -33,17 +33,9 @@ def validate_order_file(
                 settings, warehouse.db_path, config.file_name, config.file_hash, clients,
                 log=context.log.info,
             )  # fmt: skip
-    except OrderFileRejected as rejected:
+    except FileRejected as rejected:
         warehouse.publish()
-        raise dg.Failure(
-            description=rejected.summary,
-            metadata={
-                "file": config.file_name,
-                "errors": len(rejected.errors),
-                "errors_file": str(rejected.errors_file),
-                "first_errors": dg.MetadataValue.md(rejected.preview_markdown()),
-            },
-        ) from None
+        raise rejection_failure(rejected) from None
     for refresh in prepared.catalog_refreshes:
         context.log_event(
             dg.AssetMaterialization(

@@ -9,13 +9,13 @@ and never opens DuckDB or calls a panel; every writer of `refills` reports one.
 import dagster as dg
 
 from smm_pipeline.config import Settings
-from smm_pipeline.defs.files import FileRunConfig, file_drop_sensor
+from smm_pipeline.defs.files import FileRunConfig, file_drop_sensor, rejection_failure
 from smm_pipeline.defs.metadata import frame_preview, markdown_table
 from smm_pipeline.defs.polling import POLL_ALL_TAG, due_poll_request, orders_materialization
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
 from smm_pipeline.operations.cancels import cancel_order_file as cancel_file
+from smm_pipeline.operations.inbox import FileRejected
 from smm_pipeline.operations.refills import (
-    ActionFileRejected,
     ActionFileSummary,
     poll_refills,
 )
@@ -75,19 +75,6 @@ def refills_materialization(
     )
 
 
-def _rejected(rejected: ActionFileRejected, warehouse: WarehouseResource) -> dg.Failure:
-    warehouse.publish()
-    return dg.Failure(
-        description=rejected.summary,
-        metadata={
-            "file": rejected.file_name,
-            "errors": len(rejected.errors),
-            "errors_file": str(rejected.errors_file),
-            "first_errors": frame_preview(rejected.preview_frame()),
-        },
-    )
-
-
 def _file_metadata(summary: ActionFileSummary) -> dict:
     return {
         "file": summary.file_name,
@@ -128,8 +115,9 @@ def request_refill_file(
                 settings, warehouse.db_path, config.file_name, config.file_hash, clients,
                 cadence, progress=context.log.info,
             )  # fmt: skip
-    except ActionFileRejected as rejected:
-        raise _rejected(rejected, warehouse) from None
+    except FileRejected as rejected:
+        warehouse.publish()
+        raise rejection_failure(rejected) from None
     warehouse.publish()
     _log_summary(context, summary, "refill")
     context.log_event(
@@ -172,8 +160,9 @@ def cancel_order_file(
                 settings, warehouse.db_path, config.file_name, config.file_hash, clients,
                 _cadence(settings), progress=context.log.info,
             )  # fmt: skip
-    except ActionFileRejected as rejected:
-        raise _rejected(rejected, warehouse) from None
+    except FileRejected as rejected:
+        warehouse.publish()
+        raise rejection_failure(rejected) from None
     warehouse.publish()
     _log_summary(context, summary, "cancel")
     with warehouse.connect() as conn:

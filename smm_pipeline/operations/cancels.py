@@ -63,7 +63,7 @@ def cancel_order_file(
     *,
     progress: Callable[[str], None] = log.info,
 ) -> ActionFileSummary:
-    """Handle one file dropped in inbox/cancels/ (raises ActionFileRejected)."""
+    """Handle one file dropped in inbox/cancels/ (raises FileRejected)."""
     return handle_action_file(
         CANCEL_SPEC, settings, db_path, file_name, file_hash, clients, cadence, progress=progress
     )

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
+
+from smm_pipeline.intake.reports import errors_report_path, write_errors_csv
+from smm_pipeline.intake.row_errors import RowError
+
 KINDS = ("orders", "refills", "cancels")
 SETTLE_SECONDS = 5.0
 _PARTIAL_SUFFIXES = (".tmp", ".part", ".crdownload", ".partial", "~")
@@ -95,3 +100,36 @@ def move_handled(source: Path, target_dir: Path) -> Path:
         target = target_dir / f"{source.stem}.{stamp}{source.suffix}"
     os.replace(source, target)
     return target
+
+
+class FileRejected(Exception):
+    """A drop file refused as a whole (nothing was sent); it is in rejected/ with errors.csv."""
+
+    def __init__(
+        self, file_name: str, errors: list[RowError], errors_file: Path, nothing: str
+    ) -> None:
+        self.file_name = file_name
+        self.errors = errors
+        self.errors_file = errors_file
+        first = "; ".join(str(e) for e in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        self.summary = (
+            f"{file_name} was rejected with {len(errors)} error(s), nothing was {nothing}: "
+            f"{first}{more}. See {errors_file}."
+        )
+        super().__init__(self.summary)
+
+    def preview_frame(self, limit: int = 20) -> pd.DataFrame:
+        return pd.DataFrame(
+            [(e.row, e.column, e.message) for e in self.errors[:limit]],
+            columns=["row", "column", "message"],
+        )
+
+
+def reject_file(
+    source: Path, folders: Folders, errors: list[RowError], *, nothing: str
+) -> FileRejected:
+    """Move a refused file to rejected/ beside its `<name>.errors.csv`."""
+    moved = move_handled(source, folders.rejected)
+    errors_file = write_errors_csv(errors_report_path(folders.rejected, moved.name), errors)
+    return FileRejected(source.name, errors, errors_file, nothing)

@@ -30,14 +30,12 @@ from smm_pipeline.intake.orders import (
 )
 from smm_pipeline.intake.reports import (
     ResultRow,
-    errors_report_path,
     results_report_path,
-    write_errors_csv,
     write_results_csv,
 )
 from smm_pipeline.intake.row_errors import RowError
 from smm_pipeline.operations.catalog import CatalogRefresh, refresh_catalog
-from smm_pipeline.operations.inbox import Folders, move_handled
+from smm_pipeline.operations.inbox import FileRejected, Folders, move_handled, reject_file
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.errors import PanelError
 from smm_pipeline.warehouse.balances import record_balance
@@ -54,29 +52,6 @@ from smm_pipeline.warehouse.orders import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class OrderFileRejected(Exception):
-    """The file was refused as a whole; nothing was sent. It is in rejected/ with its errors."""
-
-    def __init__(self, file_name: str, errors: list[RowError], errors_file: Path) -> None:
-        self.file_name = file_name
-        self.errors = errors
-        self.errors_file = errors_file
-        first = "; ".join(str(e) for e in errors[:3])
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        self.summary = (
-            f"{file_name} was rejected with {len(errors)} error(s), nothing was submitted: "
-            f"{first}{more}. See {errors_file}."
-        )
-        super().__init__(self.summary)
-
-    def preview_markdown(self, limit: int = 20) -> str:
-        lines = ["| row | column | message |", "|---|---|---|"]
-        lines += [
-            f"| {e.row} | {e.column} | {e.message.replace('|', '/')} |" for e in self.errors[:limit]
-        ]
-        return "\n".join(lines)
 
 
 @dataclass
@@ -121,16 +96,14 @@ def _panels_in_file(content: bytes, settings: Settings) -> list[str]:
 
 def _reject(
     settings: Settings, db_path: Path, source: Path, file_hash: str, errors: list[RowError]
-) -> OrderFileRejected:
-    folders = Folders(settings.data_dir)
-    moved = move_handled(source, folders.rejected)
-    errors_file = write_errors_csv(errors_report_path(folders.rejected, moved.name), errors)
+) -> FileRejected:
+    rejected = reject_file(source, Folders(settings.data_dir), errors, nothing="submitted")
     with connect(db_path) as conn:
         record_file(
             conn, file_hash=file_hash, kind="orders", file_name=source.name,
             outcome="rejected", rows=0, seen_at=datetime.now(UTC),
         )  # fmt: skip
-    return OrderFileRejected(source.name, errors, errors_file)
+    return rejected
 
 
 def _outbox_frame(rows: list[ValidatedOrder], file_name: str, file_hash: str) -> pd.DataFrame:
@@ -186,7 +159,7 @@ def prepare_order_file(
     *,
     log: Callable[[str], None] = log.info,
 ) -> PreparedOrderFile:
-    """Validate a dropped file and record its rows to send, or raise OrderFileRejected."""
+    """Validate a dropped file and record its rows to send, or raise FileRejected."""
     source = Folders(settings.data_dir).inbox("orders") / file_name
     with connect(db_path) as conn:
         recorded = count_file_rows(conn, file_hash)

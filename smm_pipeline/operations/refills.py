@@ -32,13 +32,11 @@ from smm_pipeline.config import Settings
 from smm_pipeline.intake.csv_files import file_hash as content_hash
 from smm_pipeline.intake.refills_cancels import ActionFileResult, ActionKind, read_action_file
 from smm_pipeline.intake.reports import (
-    errors_report_path,
     results_report_path,
     write_csv_atomic,
-    write_errors_csv,
 )
 from smm_pipeline.intake.row_errors import RowError
-from smm_pipeline.operations.inbox import Folders, move_handled
+from smm_pipeline.operations.inbox import FileRejected, Folders, move_handled, reject_file
 from smm_pipeline.operations.polling import observations_frame
 from smm_pipeline.panel.client import MAX_IDS_PER_CALL, PanelClient, chunked
 from smm_pipeline.panel.errors import PanelError
@@ -69,28 +67,6 @@ REFILLABLE_STATUSES = ("Completed", "Partial")
 NOT_SENT = "not_sent"
 SKIPPED = "skipped"
 REPORT_COLUMNS = ("row", "panel", "order", "ref", "service", "state", "refill_id", "error")
-
-
-class ActionFileRejected(Exception):
-    """The file was refused as a whole (nothing was sent); it is in rejected/ with errors.csv."""
-
-    def __init__(self, file_name: str, errors: list[RowError], errors_file: Path) -> None:
-        self.file_name = file_name
-        self.errors = errors
-        self.errors_file = errors_file
-        first = "; ".join(str(e) for e in errors[:3])
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        self.summary = (
-            f"{file_name} was rejected with {len(errors)} error(s), nothing was requested: "
-            f"{first}{more}. See {errors_file}."
-        )
-        super().__init__(self.summary)
-
-    def preview_frame(self, limit: int = 20) -> pd.DataFrame:
-        return pd.DataFrame(
-            [(e.row, e.column, e.message) for e in self.errors[:limit]],
-            columns=["row", "column", "message"],
-        )
 
 
 @dataclass(frozen=True)
@@ -243,7 +219,7 @@ def request_refill_file(
     *,
     progress: Callable[[str], None] = log.info,
 ) -> ActionFileSummary:
-    """Handle one file dropped in inbox/refills/ (raises ActionFileRejected)."""
+    """Handle one file dropped in inbox/refills/ (raises FileRejected)."""
     return handle_action_file(
         REFILL_SPEC, settings, db_path, file_name, file_hash, clients, cadence, progress=progress
     )
@@ -317,12 +293,11 @@ def _reject(
     source: Path,
     claim: FileClaim,
     errors: list[RowError],
-) -> ActionFileRejected:
-    moved = move_handled(source, folders.rejected)
-    errors_file = write_errors_csv(errors_report_path(folders.rejected, moved.name), errors)
+) -> FileRejected:
+    rejected = reject_file(source, folders, errors, nothing="requested")
     if claim.previous_outcome != "processed":  # never forget that content was processed
         finish_file(conn, claim.file_hash, spec.folder, "rejected", 0)
-    return ActionFileRejected(source.name, errors, errors_file)
+    return rejected
 
 
 def _earlier_by_order(frame: pd.DataFrame) -> dict[tuple[str, int], Any]:
