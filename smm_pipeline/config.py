@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -73,7 +74,7 @@ class PanelConfig:
     user_agent: str = DEFAULT_USER_AGENT
     max_retries: int = 4
 
-    def api_key(self, environ: dict[str, str] | None = None) -> Secret:
+    def api_key(self, environ: Mapping[str, str] | None = None) -> Secret:
         """The panel's key from the environment; a clear error when it is not set."""
         env = os.environ if environ is None else environ
         value = env.get(self.key_env, "")
@@ -224,7 +225,7 @@ def _parse_pipeline(raw: Any) -> PipelineConfig:
 def parse_settings(
     document: Any,
     *,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     source: Path | None = None,
     check_keys: bool = True,
 ) -> Settings:
@@ -251,18 +252,28 @@ def parse_settings(
         for p in panels:
             if p.enabled:
                 p.api_key(env)
-    data_dir = Path(env.get("SMM_DATA_DIR") or PROJECT_ROOT / "data")
-    duckdb_path = Path(env.get("SMM_DUCKDB_PATH") or data_dir / "warehouse.duckdb")
     return Settings(
         panels=tuple(panels),
         pipeline=_parse_pipeline(document.get("pipeline")),
-        data_dir=data_dir,
-        duckdb_path=duckdb_path,
+        data_dir=data_dir_from_env(env),
+        duckdb_path=duckdb_path_from_env(env),
         source=source,
     )
 
 
-def settings_path(environ: dict[str, str] | None = None) -> Path:
+def data_dir_from_env(environ: Mapping[str, str] | None = None) -> Path:
+    """`SMM_DATA_DIR`, default `data/` in the project."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("SMM_DATA_DIR") or PROJECT_ROOT / "data")
+
+
+def duckdb_path_from_env(environ: Mapping[str, str] | None = None) -> Path:
+    """`SMM_DUCKDB_PATH`, default `<SMM_DATA_DIR>/warehouse.duckdb`."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("SMM_DUCKDB_PATH") or data_dir_from_env(env) / "warehouse.duckdb")
+
+
+def settings_path(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     return Path(env.get("SMM_PANELS_FILE") or PROJECT_ROOT / "panels.yaml")
 
@@ -270,7 +281,7 @@ def settings_path(environ: dict[str, str] | None = None) -> Path:
 def load_settings(
     path: Path | str | None = None,
     *,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     check_keys: bool = True,
 ) -> Settings:
     """Read and validate panels.yaml (or `SMM_PANELS_FILE`)."""
