@@ -182,3 +182,14 @@ def test_the_key_is_absent_from_catalog_and_balance_event_logs(pipeline, sim, in
     for result in results:
         text = "\n".join(repr(e) for e in instance.all_logs(result.run_id))
         assert text and TEST_KEY not in text
+
+
+def test_every_step_that_opens_the_warehouse_is_in_the_duckdb_pool(pipeline):
+    defs = pipeline.defs()
+    checked = 0
+    for job in defs.resolve_all_job_defs():
+        for node in job.graph.iterate_op_defs():
+            if "warehouse" in node.required_resource_keys:
+                assert node.pool == "duckdb", f"{job.name}/{node.name} is not in pool duckdb"
+                checked += 1
+    assert checked >= 8

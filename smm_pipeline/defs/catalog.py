@@ -85,6 +85,7 @@ def build_catalog_defs(panel_names: Sequence[str]) -> dg.Definitions:
             for name in panel_names
         ],
         can_subset=True,
+        pool="duckdb",  # it opens the warehouse
     )
     def low_balance(
         context: dg.AssetCheckExecutionContext,

@@ -59,6 +59,7 @@ def _result(check: str, frame, ok: str, bad: str, severity=dg.AssetCheckSeverity
         ),
     ],
     can_subset=True,
+    pool="duckdb",  # it opens the warehouse
 )
 def order_checks(
     context: dg.AssetCheckExecutionContext,
