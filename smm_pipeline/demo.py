@@ -189,6 +189,90 @@ def _start_simulators(
     return sims
 
 
+class _Tour:
+    """The demo's steps, each one line of output: what ran and what came of it."""
+
+    def __init__(
+        self,
+        driver: _Driver,
+        panels: tuple[DemoPanel, ...],
+        sims: Mapping[str, ThreadedSimulator],
+    ) -> None:
+        self.driver = driver
+        self.panels = panels
+        self.sims = sims
+        self.names = [p.name for p in panels]
+        self.step = driver.say
+
+    def run(self) -> None:
+        self.sync_catalogs("first sync")
+        self.refresh_balances()
+        self.drop("orders", "orders_all_types.csv", "order_csv_sensor", "submit_orders")
+        self.drop("cancels", "cancels.csv", "cancel_csv_sensor", "cancel_orders")
+        self.poll(rounds=3, minutes=10)
+        self.change_catalogs()
+        self.sync_catalogs("re-sync after the catalog changes")
+        self.drop("orders", "orders_default.csv", "order_csv_sensor", "submit_orders")
+        self.poll(rounds=3, minutes=30)
+        self.drop("refills", "refills.csv", "refill_csv_sensor", "request_refills")
+        self.advance(4 * 60)
+        refill_polls = self.driver.run_sensor("refill_status_sensor", "poll_refill_statuses")
+        self.step(f"refill_status_sensor → {len(refill_polls)} refill poll run(s)")
+        self.poll(rounds=2, minutes=240)
+        self.refresh_balances()
+        self.check_orders()
+
+    def advance(self, minutes: int) -> None:
+        for sim in self.sims.values():
+            sim.advance(minutes * 60)
+
+    def sync_catalogs(self, why: str) -> None:
+        for name in self.names:
+            self.driver.execute("refresh_service_catalog", partition_key=name)
+        self.step(f"service_catalog materialized for {', '.join(self.names)} ({why})")
+
+    def refresh_balances(self) -> None:
+        for name in self.names:
+            self.driver.execute("refresh_panel_balances", partition_key=name)
+        balances = ", ".join(f"{n} {self.sims[n].balance()}" for n in self.names)
+        self.step(f"panel_balances materialized: {balances}")
+
+    def drop(self, kind: str, sample: str, sensor: str, job: str) -> None:
+        content = for_panels(sample_text(sample), self.names)
+        counts = self.driver.drop(kind, sample, content, sensor, job)
+        outcome = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        self.step(f"{sample} (rows for both panels) → {sensor} → {job}: {outcome}")
+
+    def poll(self, rounds: int, minutes: int) -> None:
+        for _ in range(rounds):
+            self.advance(minutes)
+            polled = self.driver.run_sensor("order_status_sensor", "poll_order_statuses")
+            on_panels = Counter(o["status"] for sim in self.sims.values() for o in sim.orders())
+            self.step(
+                f"simulated clock +{minutes} min, order_status_sensor → {len(polled)} poll "
+                "run(s); panels now report "
+                + ", ".join(f"{n} {s}" for s, n in sorted(on_panels.items()))
+            )
+
+    def change_catalogs(self) -> None:
+        for panel in self.panels:
+            sim = self.sims[panel.name]
+            for service_id, rate in panel.price_moves.items():
+                sim.patch_service(service_id, rate=rate)
+            for service_id in panel.removals:
+                sim.remove_service(service_id)
+            removed = f" and removed services {list(panel.removals)}" if panel.removals else ""
+            self.step(f"{panel.name} changed {len(panel.price_moves)} prices{removed}")
+
+    def check_orders(self) -> None:
+        result = self.driver.execute("check_orders")
+        checks = ", ".join(
+            f"{e.check_name} {'passed' if e.passed else 'FAILED'}"
+            for e in result.get_asset_check_evaluations()
+        )
+        self.step(f"check_orders: {checks}")
+
+
 def _prepare_directory(directory: Path) -> None:
     if directory.exists() and any(directory.iterdir()):
         raise DemoError(
@@ -206,7 +290,6 @@ def build_demo_warehouse(
     _prepare_directory(directory)
     started = time.monotonic()
     panels = demo_panels()
-    names = [p.name for p in panels]
     keys = {p.name: secrets.token_urlsafe(18) for p in panels}
     warehouse = DemoWarehouse(
         data_dir=directory,
@@ -241,62 +324,7 @@ def build_demo_warehouse(
             dg.DagsterInstance.local_temp(str(dagster_home), {"telemetry": {"enabled": False}})
         )
         defs = build_definitions(str(warehouse.panels_file), str(warehouse.db_path))
-        driver = _Driver(defs, instance, folders, step)
-
-        def sync_catalogs(why: str) -> None:
-            for name in names:
-                driver.execute("refresh_service_catalog", partition_key=name)
-            step(f"service_catalog materialized for {', '.join(names)} ({why})")
-
-        def refresh_balances() -> None:
-            for name in names:
-                driver.execute("refresh_panel_balances", partition_key=name)
-            balances = ", ".join(f"{n} {sims[n].balance()}" for n in names)
-            step(f"panel_balances materialized: {balances}")
-
-        def poll(rounds: int, minutes: int) -> None:
-            for _ in range(rounds):
-                for sim in sims.values():
-                    sim.advance(minutes * 60)
-                polled = driver.run_sensor("order_status_sensor", "poll_order_statuses")
-                statuses = Counter(o["status"] for sim in sims.values() for o in sim.orders())
-                step(
-                    f"simulated clock +{minutes} min, order_status_sensor → "
-                    f"{len(polled)} poll run(s); panels now report "
-                    + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-                )
-
-        def drop(kind: str, sample: str, sensor: str, job: str) -> None:
-            counts = driver.drop(kind, sample, for_panels(sample_text(sample), names), sensor, job)
-            outcome = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            step(f"{sample} (rows for both panels) → {sensor} → {job}: {outcome}")
-
-        sync_catalogs("first sync")
-        refresh_balances()
-        drop("orders", "orders_all_types.csv", "order_csv_sensor", "submit_orders")
-        drop("cancels", "cancels.csv", "cancel_csv_sensor", "cancel_orders")
-        poll(rounds=3, minutes=10)
-        for panel in panels:
-            for service_id, rate in panel.price_moves.items():
-                sims[panel.name].patch_service(service_id, rate=rate)
-            for service_id in panel.removals:
-                sims[panel.name].remove_service(service_id)
-            step(
-                f"{panel.name} changed {len(panel.price_moves)} prices"
-                + (f" and dropped services {list(panel.removals)}" if panel.removals else "")
-            )
-        sync_catalogs("re-sync after the price change")
-        drop("orders", "orders_default.csv", "order_csv_sensor", "submit_orders")
-        poll(rounds=3, minutes=30)
-        drop("refills", "refills.csv", "refill_csv_sensor", "request_refills")
-        for sim in sims.values():
-            sim.advance(4 * 3600)
-        refill_polls = driver.run_sensor("refill_status_sensor", "poll_refill_statuses")
-        step(f"refill_status_sensor → {len(refill_polls)} refill poll run(s)")
-        poll(rounds=2, minutes=240)
-        refresh_balances()
-        driver.execute("check_orders")
-        step("check_orders: asset checks evaluated")
+        _Tour(_Driver(defs, instance, folders, step), panels, sims).run()
     step(f"done; read-only replica at {warehouse.replica}")
     return warehouse
 

@@ -112,8 +112,8 @@ def panels_yaml(urls: Mapping[str, str], panels: Iterable[DemoPanel]) -> str:
         ],
         "pipeline": {
             "catalog_max_age_minutes": 60,
-            "poll_min_interval_minutes": 0.001,
-            "poll_max_interval_minutes": 0.01,
+            "poll_min_interval_minutes": 0.0001,
+            "poll_max_interval_minutes": 0.0005,
         },
     }
     return yaml.safe_dump(document, sort_keys=False)
