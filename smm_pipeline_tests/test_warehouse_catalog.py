@@ -148,20 +148,20 @@ def test_unchanged_sync_writes_no_change_rows_but_moves_last_seen(db: Path) -> N
 
 def test_rates_are_exact_decimals(db: Path) -> None:
     with connect(db) as conn:
-        sync_catalog(conn, "p", [_svc(1, "0.000001"), _svc(2, "123456789012.345678")], T1)
-        result = sync_catalog(conn, "p", [_svc(1, "0.000002"), _svc(2, "123456789012.345678")], T2)
+        sync_catalog(conn, "p", [_svc(1, "0.1234567"), _svc(2, "123456789012.345678")], T1)
+        result = sync_catalog(conn, "p", [_svc(1, "0.1234568"), _svc(2, "123456789012.345678")], T2)
         stored = load_catalog(conn, "p")
         column_type = conn.execute(
             "SELECT data_type FROM information_schema.columns "
             "WHERE table_name = 'services' AND column_name = 'rate'"
         ).fetchone()[0]
-    assert column_type == "DECIMAL(18,6)"
-    assert stored[("p", 1)].rate == Decimal("0.000002")
+    assert column_type == "DECIMAL(38,18)"
+    assert stored[("p", 1)].rate == Decimal("0.1234568")
     assert stored[("p", 2)].rate == Decimal("123456789012.345678")
     assert isinstance(stored[("p", 2)].rate, Decimal)
     assert result.changed == 1
     assert result.changes[["field", "old_value", "new_value"]].values.tolist() == [
-        ["rate", "0.000001", "0.000002"]
+        ["rate", "0.1234567", "0.1234568"]
     ]
 
 
@@ -187,7 +187,7 @@ def test_failed_sync_leaves_everything_as_it_was(db: Path) -> None:
     with connect(db) as conn:
         sync_catalog(conn, "p", CATALOG, T1)
         before = load_catalog(conn)
-        too_big = _svc(9, "1e20")  # does not fit DECIMAL(18,6)
+        too_big = _svc(9, "1e21")  # does not fit DECIMAL(38,18)
         with pytest.raises(Exception, match="(?i)overflow|out of range|could not convert"):
             sync_catalog(conn, "p", [_svc(1, "7.00"), too_big], T2)
         assert load_catalog(conn) == before

@@ -15,7 +15,11 @@ from smm_pipeline.warehouse.migrations import (
     MigrationError,
     apply_migrations,
 )
+from smm_pipeline.warehouse.schema import MONEY_COLUMNS, MONEY_TYPE
 from smm_pipeline.warehouse.views import VIEW_NAMES
+
+LEDGER = [(m.version, m.label) for m in MIGRATIONS]
+LATEST = MIGRATIONS[-1].version
 
 TABLES = {
     "schema_migrations",
@@ -56,11 +60,13 @@ def test_fresh_file_gets_folder_schema_views_and_utc(tmp_path: Path) -> None:
     assert path.exists()
     assert tables == TABLES
     assert views == set(VIEW_NAMES)
-    assert ledger == [(1, "001_initial"), (2, "002_analytics_views")]
+    assert ledger == LEDGER
+    assert ledger[:3] == [(1, "001_initial"), (2, "002_analytics_views"), (3, "003_exact_money")]
     assert zone == "UTC"
-    assert services["rate"] == "DECIMAL(18,6)"
+    assert MONEY_TYPE == "DECIMAL(38,18)"
+    assert services["rate"] == MONEY_TYPE
     assert services["first_seen_at"] == "TIMESTAMP WITH TIME ZONE"
-    assert orders["estimated_cost"] == orders["charge"] == "DECIMAL(18,6)"
+    assert orders["estimated_cost"] == orders["charge"] == MONEY_TYPE
     assert orders["next_poll_at"] == "TIMESTAMP WITH TIME ZONE"
     assert len(orders) == 31
 
@@ -71,7 +77,9 @@ def test_running_migrations_twice_is_a_no_op(tmp_path: Path) -> None:
         pass
     with connect(path) as conn:
         assert apply_migrations(conn) == []
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchall() == [(2,)]
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchall() == [
+            (len(MIGRATIONS),)
+        ]
 
 
 def test_an_older_file_upgrades_in_place(tmp_path: Path) -> None:
@@ -81,25 +89,40 @@ def test_an_older_file_upgrades_in_place(tmp_path: Path) -> None:
     raw.execute(
         "INSERT INTO balances VALUES ('p', TIMESTAMPTZ '2025-01-01 00:00:00+00', 12.5, 'USD')"
     )
+    raw.execute(
+        "INSERT INTO orders (panel, ref, submit_state, estimated_cost) "
+        "VALUES ('p', 'a', 'submitted', 0.123456)"
+    )
     raw.close()
 
     with connect(path) as conn:
         versions = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
         runway = conn.execute("SELECT panel, balance FROM balance_runway").fetchall()
-    assert versions == [(1,), (2,)]
+        cost = conn.execute("SELECT estimated_cost FROM orders").fetchone()[0]
+        types = {
+            (table, column): _column_types(conn, table)[column] for table, column in MONEY_COLUMNS
+        }
+        conn.execute("UPDATE orders SET charge = 0.000000123456789012345")
+        charge = conn.execute("SELECT charge FROM orders").fetchone()[0]
+    assert versions == [(m.version,) for m in MIGRATIONS]
     assert runway == [("p", Decimal("12.5"))]
+    assert cost == Decimal("0.123456")
+    assert set(types.values()) == {MONEY_TYPE}
+    assert charge == Decimal("0.000000123456789012")
 
 
 def test_a_failing_migration_rolls_back_and_names_itself(tmp_path: Path) -> None:
     path = tmp_path / "w.duckdb"
-    broken = Migration(3, "broken", "CREATE TABLE half_done (a INTEGER); SELECT * FROM nowhere")
+    broken = Migration(
+        LATEST + 1, "broken", "CREATE TABLE half_done (a INTEGER); SELECT * FROM nowhere"
+    )
     with connect(path) as conn:
-        with pytest.raises(MigrationError, match="003_broken"):
+        with pytest.raises(MigrationError, match=f"{LATEST + 1:03d}_broken"):
             apply_migrations(conn, [*MIGRATIONS, broken])
         tables = {r[0] for r in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         versions = conn.execute("SELECT max(version) FROM schema_migrations").fetchall()
     assert "half_done" not in tables
-    assert versions == [(2,)]
+    assert versions == [(LATEST,)]
 
 
 def test_migration_versions_must_ascend(tmp_path: Path) -> None:

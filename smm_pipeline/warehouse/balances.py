@@ -26,7 +26,7 @@ def record_balance(
     """Append one observation; earlier ones are never updated."""
     conn.execute(
         "INSERT INTO balances (panel, fetched_at, balance, currency) "
-        "VALUES (?, ?, CAST(? AS DECIMAL(18,6)), ?)",
+        "VALUES (?, ?, CAST(? AS DECIMAL(38,18)), ?)",
         [panel, require_aware(fetched_at, "fetched_at"), str(balance.balance), balance.currency],
     )
 

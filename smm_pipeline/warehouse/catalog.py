@@ -194,7 +194,7 @@ def sync_catalog(
             CREATE TEMP TABLE {fetched} AS
             SELECT CAST(service_id AS BIGINT) AS service_id, CAST(name AS VARCHAR) AS name,
                    CAST(type AS VARCHAR) AS type, CAST(category AS VARCHAR) AS category,
-                   CAST(rate AS DECIMAL(18,6)) AS rate, CAST(min AS BIGINT) AS min,
+                   CAST(rate AS DECIMAL(38,18)) AS rate, CAST(min AS BIGINT) AS min,
                    CAST(max AS BIGINT) AS max, CAST(refill AS BOOLEAN) AS refill,
                    CAST(cancel AS BOOLEAN) AS cancel
             FROM {frame_name}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from smm_pipeline.warehouse.schema import INITIAL_SCHEMA
+from smm_pipeline.warehouse.schema import INITIAL_SCHEMA, MONEY_COLUMNS, MONEY_TYPE
 from smm_pipeline.warehouse.views import create_views
 
 
@@ -38,9 +38,17 @@ class Migration:
             self.apply(conn)
 
 
+def _widen_money(conn: duckdb.DuckDBPyConnection) -> None:
+    """DECIMAL(18,6) rounded amounts with more than 6 places (a rate of 0.1234567, a cost of
+    rate × quantity / 1000): every money column becomes MONEY_TYPE, existing values unchanged."""
+    for table, column in MONEY_COLUMNS:
+        conn.execute(f"ALTER TABLE {table} ALTER {column} TYPE {MONEY_TYPE}")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", INITIAL_SCHEMA),
     Migration(2, "analytics_views", create_views),
+    Migration(3, "exact_money", _widen_money),
 )
 
 _LEDGER = """

@@ -76,7 +76,7 @@ def record_pending(
                 service_id, service_type, link, quantity, params, estimated_cost, created_at,
                 submit_state)
             SELECT panel, ref, source_file, file_hash, row_number, campaign, service_id,
-                service_type, link, quantity, params, CAST(estimated_cost AS DECIMAL(18,6)),
+                service_type, link, quantity, params, CAST(estimated_cost AS DECIMAL(38,18)),
                 ?, 'pending'
             FROM _pending
             ON CONFLICT (panel, ref) DO UPDATE SET

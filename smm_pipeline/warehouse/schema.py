@@ -1,11 +1,22 @@
 """The tables of migration 001 (SPEC §5 plus the columns the pipeline needs).
 
-Money is DECIMAL(18,6) and every timestamp TIMESTAMPTZ stored in UTC. The CHECK constraints
-pin the state words the SPEC defines, so a typo in a writer fails loudly instead of producing a
-row no view counts.
+Money was DECIMAL(18,6) here; migration 003 widens every money column to `MONEY_TYPE`. Every
+timestamp is TIMESTAMPTZ stored in UTC. The CHECK constraints pin the state words the SPEC
+defines, so a typo in a writer fails loudly instead of producing a row no view counts.
 """
 
 from __future__ import annotations
+
+# 20 integer digits and 18 decimal places: a panel amount with up to 15 places (the parser's
+# limit) times a quantity / 1000 is stored exactly, and sums of such amounts stay exact.
+MONEY_TYPE = "DECIMAL(38,18)"
+MONEY_COLUMNS = (
+    ("services", "rate"),
+    ("balances", "balance"),
+    ("orders", "estimated_cost"),
+    ("orders", "charge"),
+    ("order_status_history", "charge"),
+)
 
 INITIAL_SCHEMA = """
 CREATE TABLE services (

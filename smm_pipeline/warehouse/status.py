@@ -65,14 +65,14 @@ def apply_observations(
             """
             CREATE OR REPLACE TEMP TABLE _obs AS
             SELECT r.panel, CAST(r.order_id AS BIGINT) AS order_id, r.status, r.raw_status,
-                   CAST(r.charge AS DECIMAL(18,6)) AS charge,
+                   CAST(r.charge AS DECIMAL(38,18)) AS charge,
                    CAST(r.start_count AS BIGINT) AS start_count,
                    CAST(r.remains AS BIGINT) AS remains, r.currency, r.error,
                    r.subscription_expiry, CAST(r.subscription_posts AS BIGINT)
                        AS subscription_posts, r.subscription_orders,
                    (r.error IS NULL AND (
                        o.status IS DISTINCT FROM r.status
-                       OR o.charge IS DISTINCT FROM CAST(r.charge AS DECIMAL(18,6))
+                       OR o.charge IS DISTINCT FROM CAST(r.charge AS DECIMAL(38,18))
                        OR o.start_count IS DISTINCT FROM CAST(r.start_count AS BIGINT)
                        OR o.remains IS DISTINCT FROM CAST(r.remains AS BIGINT))) AS changed
             FROM _obs_raw r JOIN orders o ON o.panel = r.panel AND o.order_id = r.order_id
