@@ -99,32 +99,38 @@ def _fetched_frame(services: Sequence[Service]) -> pd.DataFrame:
     )
 
 
-def _as_text(column: str) -> str:
+def _as_text(column: str, side: str) -> str:
     if column == "rate":
         # '0.900000' -> '0.9', '10.000000' -> '10': the cast always yields a decimal point.
-        return f"rtrim(rtrim(CAST({{side}}.{column} AS VARCHAR), '0'), '.')"
-    return f"CAST({{side}}.{column} AS VARCHAR)"
+        return f"rtrim(rtrim(CAST({side}_{column} AS VARCHAR), '0'), '.')"
+    return f"CAST({side}_{column} AS VARCHAR)"
 
 
 def _changes_sql(fetched: str, changes: str) -> str:
+    """One join of fetched and stored rows, kept only where something differs (a few percent
+    of a catalog), then one change row per differing field: the field comparisons run on that
+    small set, not on the whole catalog once per field."""
+    both = ", ".join(f"f.{c} AS f_{c}, s.{c} AS s_{c}" for c in TRACKED_FIELDS)
+    differs = " OR ".join(f"s.{c} IS DISTINCT FROM f.{c}" for c in TRACKED_FIELDS)
     field_diffs = "\n".join(
         f"""UNION ALL
-        SELECT f.service_id, '{col}', {_as_text(col).format(side="s")},
-               {_as_text(col).format(side="f")}
-        FROM {fetched} AS f JOIN stored AS s USING (service_id)
-        WHERE s.{col} IS DISTINCT FROM f.{col}"""
+        SELECT service_id, '{col}', {_as_text(col, "s")}, {_as_text(col, "f")}
+        FROM pairs WHERE s_{col} IS DISTINCT FROM f_{col}"""
         for col in TRACKED_FIELDS
     )
     return f"""
     CREATE TEMP TABLE {changes} AS
     WITH stored AS (SELECT * FROM services WHERE panel = $panel),
+    pairs AS MATERIALIZED (
+        SELECT f.service_id, s.active AS was_active, {both}
+        FROM {fetched} AS f JOIN stored AS s USING (service_id)
+        WHERE NOT s.active OR {differs}
+    ),
     diff AS (
         SELECT f.service_id, 'appeared' AS field, NULL AS old_value, f.name AS new_value
         FROM {fetched} AS f ANTI JOIN stored AS s USING (service_id)
         UNION ALL
-        SELECT f.service_id, 'reappeared', NULL, f.name
-        FROM {fetched} AS f JOIN stored AS s USING (service_id)
-        WHERE NOT s.active
+        SELECT service_id, 'reappeared', NULL, f_name FROM pairs WHERE NOT was_active
         UNION ALL
         SELECT s.service_id, 'disappeared', s.name, NULL
         FROM stored AS s ANTI JOIN {fetched} AS f USING (service_id)
