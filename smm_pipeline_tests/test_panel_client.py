@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
+import httpx
 import pytest
 
 from smm_pipeline.config import PanelConfig, Secret
@@ -18,6 +27,8 @@ from smm_pipeline.panel.errors import (
     RateLimitedError,
     TransportError,
 )
+from smm_pipeline.panel.models import CancelResult, RefillResult, RefillStatus
+from smm_pipeline.simulator.testing import running_simulator
 from smm_pipeline_tests.conftest import TEST_KEY
 
 
@@ -94,8 +105,8 @@ def test_multi_status_chunks_by_100(client, sim):
     assert len(statuses) == 252
     assert statuses[ids[0]].status == "Pending"
     assert statuses[1].error == "Incorrect order ID"
-    status_calls = calls["calls"]["status"] if "calls" in calls else calls["status"]
-    assert status_calls == 3
+    assert calls["calls"]["status"] == 3
+    assert sorted(calls["ids_per_call"]["status"]) == [52, 100, 100]
 
 
 def test_bare_string_item_errors_are_data(client, sim):
@@ -258,21 +269,265 @@ def test_the_key_never_shows(sim, caplog):
     assert "***" in repr(Secret(TEST_KEY))
 
 
-def test_rate_limit_is_respected(sim):
-    """With a budget of 600/min, 6 requests are spaced ≥ 0.1 s apart (checked on the
-    simulator's own arrival clock is not possible; we check the limiter's schedule)."""
-    with make_client(sim.url, name="budget", rate_limit_per_minute=600, max_concurrency=4) as c:
-        starts: list[float] = []
-        import time
+def test_rate_limit_is_respected_as_seen_by_the_simulator():
+    """A budget of 300/min spaces requests 0.2 s apart: the simulator's own clock (real
+    speed) stamps each order on arrival, so the spacing is measured at the panel's side."""
+    with running_simulator(keys=(TEST_KEY,), clock_speed=1.0) as live:
+        with make_client(live.url, name="budget", rate_limit_per_minute=300) as c:
+            params = [
+                {"service": "1", "link": f"https://x.com/b{i}", "quantity": "100"} for i in range(6)
+            ]
+            placed = [r for _p, r in c.map_concurrent(c.add, params)]
+        arrivals = sorted(datetime.fromisoformat(o["created_at"]) for o in live.orders())
+        assert live.stats()["calls"]["add"] == 6
+    assert all(isinstance(r, int) for r in placed) and len(arrivals) == 6
+    gaps = [(b - a).total_seconds() for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert min(gaps) >= 0.1  # 0.2 s apart, less loopback jitter; unthrottled they are ~0
 
-        original = c._http.post
 
-        def timed(*args, **kwargs):
-            starts.append(time.monotonic())
-            return original(*args, **kwargs)
+def test_concurrency_cap_is_shared_by_every_client_of_the_panel(sim):
+    sim.configure(latency_ms=100)
+    first = make_client(sim.url, name="capped3", max_concurrency=3)
+    second = make_client(sim.url, name="capped3", max_concurrency=3)
+    with first, second, ThreadPoolExecutor(max_workers=24) as pool:
+        balances = list(pool.map(lambda i: (first, second)[i % 2].balance(), range(24)))
+    stats = sim.stats()
+    assert [b.balance for b in balances] == [Decimal("1000.00")] * 24
+    assert stats["calls"]["balance"] == 24
+    assert stats["max_in_flight"] == 3
 
-        c._http.post = timed
-        list(c.map_concurrent(lambda _: c.balance(), range(6)))
-    starts.sort()
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert min(gaps) >= 0.1 - 0.005
+
+@pytest.mark.parametrize(
+    ("kind", "error", "options"),
+    [
+        ("drop_after", TransportError, {}),
+        ("drop_before", TransportError, {}),
+        ("slow", TransportError, {"seconds": "1.5"}),
+        ("http_500", HTTPStatusError, {}),
+    ],
+)
+def test_read_fault_on_every_try_ends_in_its_error_class(sim, kind, error, options):
+    with make_client(sim.url, name="exhaust", timeout_seconds=0.5, max_retries=1) as c:
+        sim.inject(kind, action="balance", times=10, **options)
+        with pytest.raises(error) as info:
+            c.balance()
+    assert type(info.value) is error
+    if error is TransportError:
+        assert info.value.sent is True
+    else:
+        assert info.value.status_code == 500
+    assert sim.stats()["calls"]["balance"] == 2  # first try + max_retries, then the error
+
+
+def _completed_order(client: PanelClient, sim, link: str) -> int:
+    order_id = client.add({"service": "1", "link": link, "quantity": "100"})
+    sim.set_order(order_id, status="Completed", remains=0)
+    return order_id
+
+
+@pytest.mark.parametrize(
+    ("kind", "created"),
+    [("drop_after", 1), ("drop_before", 0), ("http_500", 0), ("html_502", 0),
+     ("html_200", 0), ("truncated_json", 1), ("slow", 1)],
+)  # fmt: skip
+def test_single_refill_under_a_fault_is_ambiguous_and_sent_once(sim, kind, created):
+    with make_client(sim.url, name="refill1", timeout_seconds=0.5) as c:
+        done = _completed_order(c, sim, f"https://x.com/r-{kind}")
+        sim.reset_stats()
+        sim.inject(kind, action="refill", times=5, seconds="1.5")
+        with pytest.raises(AmbiguousSubmissionError):
+            c.refill(done)
+    assert sim.stats()["calls"]["refill"] == 1
+    assert len(sim.refills()) == created
+
+
+@pytest.mark.parametrize("kind", ["drop_after", "drop_before", "http_500", "html_200", "slow"])
+def test_multi_cancel_under_a_fault_is_ambiguous_for_every_order(sim, kind):
+    with make_client(sim.url, name="cancel1", timeout_seconds=0.5) as c:
+        ids = [
+            c.add({"service": "1", "link": f"https://x.com/c{i}", "quantity": "100"})
+            for i in range(3)
+        ]
+        sim.reset_stats()
+        sim.inject(kind, action="cancel", times=5, seconds="1.5")
+        results = c.cancel([*ids, 777])
+    assert [r.order_id for r in results] == [*ids, 777]
+    assert all(r.ambiguous and not r.accepted and r.error for r in results)
+    assert sim.stats()["calls"]["cancel"] == 1
+
+
+def test_bare_string_item_errors_of_refills_and_cancels_are_data(client, sim):
+    done = _completed_order(client, sim, "https://x.com/bare-done")
+    running = client.add({"service": "1", "link": "https://x.com/bare-run", "quantity": "100"})
+    refill_id = client.refill(done).refill_id
+    sim.configure(bare_item_errors=True)
+    refills = {r.order_id: r for r in client.refills([running, 777])}
+    assert refills[777] == RefillResult(777, error="Incorrect order ID")
+    assert refills[running].refill_id is None and refills[running].error
+    assert not refills[running].ambiguous
+    statuses = client.refill_statuses([refill_id, 999999])
+    assert statuses[999999] == RefillStatus(999999, error="Refill not found")
+    assert statuses[refill_id].status == "Pending"
+    cancels = {c.order_id: c for c in client.cancel([running, done, 777])}
+    assert cancels[running] == CancelResult(running, accepted=True)
+    assert cancels[777] == CancelResult(777, accepted=False, error="Incorrect order ID")
+    assert not cancels[done].accepted and not cancels[done].ambiguous and cancels[done].error
+
+
+def test_subscription_status_through_the_client(client, sim):
+    sub_id = client.add(
+        {"service": "14", "username": "natgeo", "min": "50", "max": "100", "posts": "2",
+         "delay": "0", "expiry": "31/12/2099"}
+    )  # fmt: skip
+    fresh = client.status(sub_id)
+    assert fresh.is_subscription and fresh.status == "Active" and fresh.error is None
+    assert (fresh.expiry, fresh.posts, fresh.orders) == ("31/12/2099", 0, ())
+    assert fresh.charge is None
+    sim.advance(6 * 3600 + 60)
+    later = client.statuses([sub_id])[sub_id]
+    assert later.is_subscription and later.posts == 1 and len(later.orders) == 1
+    child = client.status(later.orders[0])
+    assert not child.is_subscription and child.charge is not None and child.charge > 0
+
+
+# -- a panel front-end: what the simulator cannot send --------------------------------------------
+
+Reply = tuple[int, dict[str, str], str]
+
+
+class Front:
+    """A panel's front-end on loopback between the client and the simulator: it answers the
+    scripted replies first (a 503 with Retry-After, a key echoed back, a malformed item: things
+    some real panels send and the simulator does not), then forwards requests unchanged."""
+
+    def __init__(self, upstream: str) -> None:
+        self.script: deque[Callable[[dict[str, str]], Reply]] = deque()
+        self._upstream = httpx.Client(timeout=10.0, trust_env=False)
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if front.script:
+                    form = {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
+                    status, headers, text = front.script.popleft()(form)
+                else:
+                    answer = front._upstream.post(
+                        upstream,
+                        content=raw,
+                        headers={"Content-Type": self.headers["Content-Type"]},
+                    )
+                    status, headers, text = answer.status_code, {}, answer.text
+                data = text.encode()
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(data))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/api/v2"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def reply(self, status: int, body: object, **headers: str) -> None:
+        """Queue one answer; `body` may be a function of the received form."""
+        self.script.append(
+            lambda form: (
+                status,
+                headers,
+                body
+                if isinstance(body, str)
+                else json.dumps(body(form) if callable(body) else body),
+            )
+        )
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._upstream.close()
+
+
+@pytest.fixture
+def front(sim) -> Iterator[Front]:
+    server = Front(sim.url)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(503, "<html><h1>503 Service Unavailable</h1></html>"), (500, {"error": "Busy"}),
+     (502, "<html>Bad gateway</html>")],
+)  # fmt: skip
+def test_retry_after_on_a_5xx_is_honoured_for_reads(sim, front, status, body):
+    waits: list[float] = []
+    config = PanelConfig(name="front503", url=front.url, key_env="X", rate_limit_per_minute=60000)
+    with PanelClient(config, Secret(TEST_KEY), sleep=waits.append) as c:
+        front.reply(status, body, **{"Retry-After": "1"})
+        assert c.balance().balance == Decimal("1000.00")
+    assert waits == [1.0]
+    assert sim.stats()["calls"]["balance"] == 1
+
+
+def test_a_5xx_without_retry_after_backs_off_on_its_own(sim, front):
+    waits: list[float] = []
+    config = PanelConfig(name="front503b", url=front.url, key_env="X", rate_limit_per_minute=60000)
+    with PanelClient(config, Secret(TEST_KEY), sleep=waits.append, backoff_base=0.5) as c:
+        front.reply(503, "<html>503</html>")
+        assert c.balance().currency == "USD"
+    assert len(waits) == 1 and 0.25 <= waits[0] <= 0.5  # base × jitter, not a Retry-After
+
+
+def test_a_write_under_a_503_with_retry_after_is_still_ambiguous(sim, front):
+    waits: list[float] = []
+    config = PanelConfig(name="front503w", url=front.url, key_env="X", rate_limit_per_minute=60000)
+    with PanelClient(config, Secret(TEST_KEY), sleep=waits.append) as c:
+        front.reply(503, "<html>503</html>", **{"Retry-After": "1"})
+        with pytest.raises(AmbiguousSubmissionError, match="HTTP 503"):
+            c.add({"service": "1", "link": "https://x.com/w", "quantity": "100"})
+    assert waits == [] and c.calls["add"] == 1
+
+
+def test_a_key_echoed_by_the_panel_is_redacted_everywhere(sim, front):
+    def echo(form: dict[str, str]) -> dict[str, str]:
+        return {"error": f"Invalid API key {form['key']} (key={form['key']})"}
+
+    with make_client(front.url, name="echo", max_retries=0) as c:
+        front.reply(200, echo)
+        with pytest.raises(APIError) as refused:
+            c.balance()
+        front.reply(500, echo)
+        with pytest.raises(HTTPStatusError) as failed:
+            c.balance()
+        front.reply(200, lambda form: {"1": {"error": f"order of {form['key']} not found"}})
+        item = c.statuses([1])[1]
+        sim.patch_service(1, name=f"Followers {TEST_KEY}")
+        names = {s.service_id: s.name for s in c.services()}
+    assert refused.value.panel_message == "Invalid API key *** (key=***)"
+    assert "HTTP 500: Invalid API key *** (key=***)" in str(failed.value)
+    assert item.error == "order of *** not found"
+    assert names[1] == "Followers ***"
+    texts = [str(refused.value), repr(refused.value), str(failed.value), item.error, names[1]]
+    assert all(TEST_KEY not in t for t in texts)
+
+
+def test_one_malformed_item_does_not_fail_the_chunk(sim, front):
+    with make_client(front.url, name="odd") as c:
+        good = c.add({"service": "2", "link": "https://x.com/odd", "quantity": "20"})
+        front.reply(
+            200,
+            {"1": {"charge": "abc", "status": "Partial"},
+             str(good): {"charge": "0.5", "status": "In progress", "remains": "3"}},
+        )  # fmt: skip
+        statuses = c.statuses([1, good])
+        front.reply(200, [{"order": 1, "refill": "abc"}, {"order": 2, "refill": 9}, {"order": 3}])
+        refills = c.refills([1, 2, 3])
+    assert "charge is not a number" in statuses[1].error
+    assert statuses[good].status == "In progress" and statuses[good].charge == Decimal("0.5")
+    assert [r.ambiguous for r in refills] == [True, False, True]
+    assert refills[1] == RefillResult(2, refill_id=9)

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smm_pipeline.panel import parsing
+from smm_pipeline.panel.models import CancelResult, RefillResult, RefillStatus
 
 
 def test_ids_missing_from_a_write_answer_are_ambiguous():
@@ -97,5 +98,252 @@ def test_garbage_bodies_never_crash_the_parsers_with_unexpected_errors(text):
     for parse in (parsing.parse_services, parsing.parse_balance, parsing.parse_add):
         with contextlib.suppress(parsing.ShapeError):
             parse(body)
-    with contextlib.suppress(parsing.ShapeError):
-        parsing.parse_multi_status([1, 2], body)
+    for parse_multi in (
+        parsing.parse_multi_status,
+        parsing.parse_multi_refill,
+        parsing.parse_multi_refill_status,
+        parsing.parse_multi_cancel,
+    ):
+        with contextlib.suppress(parsing.ShapeError):
+            parse_multi([1, 2], body)
+    parsing.parse_refill(1, body)  # never raises: the panel may have acted
+    parsing.parse_refill_status(1, body)
+
+
+# -- one odd item never costs the others ------------------------------------------------------
+
+
+def test_a_malformed_status_item_is_that_items_error_only():
+    body = {
+        "1": {"charge": "abc", "status": "Partial", "remains": "1"},
+        "2": {"charge": "0.27819", "start_count": "3572", "status": "Partial", "remains": "157"},
+        "3": {"status": "Active", "orders": ["1", "-4"], "posts": "1"},
+    }
+    result = parsing.parse_multi_status([1, 2, 3], body)
+    assert result[1].status is None and "charge is not a number: 'abc'" in result[1].error
+    assert result[2].charge == Decimal("0.27819") and result[2].error is None
+    assert "child order id is not a positive id" in result[3].error
+
+
+def test_a_malformed_write_item_is_ambiguous_and_the_others_are_kept():
+    refills = parsing.parse_multi_refill(
+        [1, 2, 3, 4, 5],
+        [
+            {"order": 1, "refill": 7},
+            {"order": 2, "refill": "abc"},
+            {"order": 3, "refill": {"id": 8}},
+            {"order": 4, "refill": -3},
+            {"order": 5, "refill": {"error": "Incorrect order ID"}},
+        ],
+    )
+    assert refills[0] == RefillResult(1, refill_id=7)
+    assert all(r.ambiguous and r.refill_id is None for r in refills[1:4])
+    assert "may have been carried out" in refills[1].error
+    assert refills[4] == RefillResult(5, error="Incorrect order ID")
+    cancels = parsing.parse_multi_cancel(
+        [1, 2, 3, 4, 5],
+        [
+            {"order": 1, "cancel": 1},
+            {"order": 2, "cancel": "maybe"},
+            {"order": 3, "cancel": {"done": 1}},  # was read as accepted
+            {"order": 4},
+            {"order": 5, "cancel": 0},
+        ],
+    )
+    assert cancels[0] == CancelResult(1, accepted=True)
+    assert all(c.ambiguous and not c.accepted for c in cancels[1:4])
+    assert cancels[4] == CancelResult(
+        5, accepted=False, error="the panel did not accept the cancel"
+    )
+
+
+def test_a_malformed_refill_status_item_is_that_items_error_only():
+    result = parsing.parse_multi_refill_status(
+        [1, 2, 3],
+        [
+            {"refill": 1, "status": {"state": "x"}},
+            {"refill": 2, "status": "Completed"},
+            {"refill": 3},
+        ],
+    )
+    assert result[1].error.startswith("unreadable status") and result[1].status is None
+    assert result[2] == RefillStatus(2, status="Completed", raw_status="Completed")
+    assert result[3].error == "no status in the answer"
+
+
+# -- answers keyed by id --------------------------------------------------------------------------
+
+
+def test_multi_refill_keyed_by_order_id_keeps_the_refill_ids():
+    refills = parsing.parse_multi_refill(
+        [1, 2, 3, 4],
+        {
+            "1": 5,
+            "2": {"refill": "6"},
+            "3": {"error": "Incorrect order ID"},
+            "4": "Incorrect order ID",
+        },
+    )
+    assert [r.refill_id for r in refills] == [5, 6, None, None]
+    assert [r.error for r in refills] == [None, None, "Incorrect order ID", "Incorrect order ID"]
+    assert not any(r.ambiguous for r in refills)
+
+
+def test_multi_refill_status_keyed_by_refill_id_is_read():
+    result = parsing.parse_multi_refill_status(
+        [1, 2, 3, 4],
+        {"1": {"status": "Completed"}, "2": "rejected", "3": {"error": "Refill not found"}, "4": 9},
+    )
+    assert result[1].status == "Completed" and result[2].status == "Rejected"
+    assert result[3] == RefillStatus(3, error="Refill not found")
+    assert result[4].status is None and result[4].error == "unknown refill status '9'"
+
+
+def test_multi_cancel_keyed_by_order_id_is_read():
+    cancels = parsing.parse_multi_cancel([1, 2, 3], {"1": 1, "2": {"cancel": "1"}, "3": "0"})
+    assert [c.accepted for c in cancels] == [True, True, False]
+    assert not any(c.ambiguous for c in cancels)
+
+
+# -- writes without an id, bare error strings ----------------------------------------------------
+
+
+def test_a_refill_answer_without_a_refill_id_is_ambiguous():
+    result = parsing.parse_refill(1, {"order": 1})
+    assert result.ambiguous and result.refill_id is None
+    assert result.error == "no refill id in the answer: the request may have been carried out"
+    assert parsing.parse_refill(1, {"refill": ""}).ambiguous
+    refused = parsing.parse_refill(1, {"order": 1, "error": "Incorrect order ID"})
+    assert refused == RefillResult(1, error="Incorrect order ID")
+    assert parsing.parse_refill(1, {"refill": "1"}) == RefillResult(1, refill_id=1)
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    ["Refill not found", "Incorrect order ID", "Incorrect request", "Incorrect refill ID",
+     "The refill task is not completed for this order", "Refill is disabled for this service"],
+)  # fmt: skip
+def test_a_bare_error_sentence_as_refill_status_is_the_items_error(sentence):
+    status = parsing.parse_multi_refill_status([9], [{"refill": 9, "status": sentence}])[9]
+    assert status == RefillStatus(9, error=sentence)
+    assert parsing.parse_refill_status(9, {"status": sentence}) == RefillStatus(9, error=sentence)
+
+
+@pytest.mark.parametrize("word", ["Teleported", "Waiting", "42"])
+def test_an_unknown_refill_status_word_is_a_visible_error_never_pending(word):
+    status = parsing.parse_refill_status(9, {"status": word})
+    assert status.status is None and status.raw_status == word
+    assert status.error == f"unknown refill status {word!r}"
+
+
+def test_bare_error_sentences_of_writes_are_refusals_not_ambiguities():
+    refill = parsing.parse_multi_refill([3], [{"order": 3, "refill": "Incorrect order ID"}])[0]
+    assert refill == RefillResult(3, error="Incorrect order ID")
+    cancel = parsing.parse_multi_cancel(
+        [3], [{"order": 3, "cancel": "The order cannot be canceled in its current status"}]
+    )[0]
+    assert not cancel.accepted and not cancel.ambiguous
+    assert cancel.error == "The order cannot be canceled in its current status"
+
+
+# -- money and ids --------------------------------------------------------------------------------
+
+
+def test_money_beyond_15_places_or_20_integer_digits_is_refused():
+    assert parsing.to_decimal("0.123456789012345", "rate") == Decimal("0.123456789012345")
+    with pytest.raises(parsing.ShapeError, match="rate has 16 decimal places, more than the 15"):
+        parsing.to_decimal("0.1234567890123456", "rate")
+    with pytest.raises(parsing.ShapeError, match="decimal places"):
+        parsing.to_decimal(Decimal("1E-16"), "charge")
+    assert parsing.to_decimal("9" * 20 + ".5", "balance") == Decimal("9" * 20 + ".5")
+    with pytest.raises(parsing.ShapeError, match="balance has more than 20 integer digits"):
+        parsing.to_decimal("1" + "0" * 20, "balance")
+    with pytest.raises(parsing.ShapeError, match="integer digits"):
+        parsing.to_decimal("1e25", "balance")
+
+
+def test_trailing_zeros_do_not_count_as_places_and_are_dropped_exactly():
+    amount = parsing.to_decimal("0.90000000000000000000000", "rate")
+    assert amount == Decimal("0.9") and str(amount) == "0.9"
+    assert str(parsing.to_decimal("1e3", "rate")) == "1000"
+    assert str(parsing.to_decimal("0.90", "rate")) == "0.90"  # the panel's own form is kept
+
+
+@pytest.mark.parametrize("bad", ["1_000", "0x10", " ", "1.2.3", "١٢", 0.5, [1], {"a": 1}])
+def test_money_must_be_written_as_a_plain_decimal(bad):
+    with pytest.raises(parsing.ShapeError, match="charge is not a number"):
+        parsing.to_decimal(bad, "charge")
+
+
+@pytest.mark.parametrize("bad", ["1e3", "10.0", "", "+", "1_0", "١٢", True, Decimal("5"), 2**63])
+def test_to_int_takes_only_whole_numbers_written_as_digits(bad):
+    with pytest.raises(parsing.ShapeError):
+        parsing.to_int(bad, "remains")
+
+
+@pytest.mark.parametrize("bad", [0, "0", -5, "-5"])
+def test_ids_must_be_positive(bad):
+    with pytest.raises(parsing.ShapeError, match="order id is not a positive id"):
+        parsing.to_id(bad, "order id")
+    with pytest.raises(parsing.ShapeError):
+        parsing.parse_add({"order": bad})
+
+
+@given(st.integers(-(2**63) + 1, 2**63 - 1))
+def test_to_int_round_trips_every_bigint(number):
+    assert parsing.to_int(str(number), "n") == number == parsing.to_int(f" {number} ", "n")
+
+
+@given(
+    digits=st.integers(0, 10**20 - 1),
+    fraction=st.integers(0, 10**15 - 1),
+    places=st.integers(0, 15),
+    negative=st.booleans(),
+)
+def test_money_within_the_stored_precision_is_exact(digits, fraction, places, negative):
+    text = f"{'-' if negative else ''}{digits}" + (
+        f".{fraction % 10**places:0{places}d}" if places else ""
+    )
+    assert parsing.to_decimal(text, "charge") == Decimal(text)
+    assert parsing.to_decimal(parsing.decode_json(text), "charge") == Decimal(text)
+
+
+@given(places=st.integers(16, 40), last=st.integers(1, 9), whole=st.integers(0, 10**6))
+def test_money_beyond_15_places_is_always_refused(places, last, whole):
+    text = f"{whole}.{'0' * (places - 1)}{last}"
+    with pytest.raises(parsing.ShapeError, match=f"has {places} decimal places"):
+        parsing.to_decimal(text, "charge")
+
+
+# -- write items: every id answered, garbage never a plain failure -------------------------------
+
+_ERRORS = st.sampled_from(["Incorrect order ID", "Refill is disabled for this service"])
+_GARBAGE = st.one_of(
+    st.sampled_from(["abc", "ok", "1.5", "-2", "", None, True, [], {"id": 1}, -7, 0]),
+    st.decimals(allow_nan=False, allow_infinity=False, places=2).filter(
+        lambda d: d != d.to_integral()
+    ),
+)
+
+
+@given(data=st.data(), ids=st.lists(st.integers(1, 10**9), min_size=1, max_size=30, unique=True))
+def test_multi_refill_items_are_a_refill_id_a_refusal_or_ambiguous(data, ids):
+    kinds = {
+        i: data.draw(st.sampled_from(["id", "error", "bare", "garbage", "absent"])) for i in ids
+    }
+    values = {
+        "id": lambda i: data.draw(st.sampled_from([i + 1, str(i + 1)])),
+        "error": lambda i: {"error": data.draw(_ERRORS)},
+        "bare": lambda i: data.draw(_ERRORS),
+        "garbage": lambda i: data.draw(_GARBAGE),
+    }
+    body = [{"order": i, "refill": values[k](i)} for i, k in kinds.items() if k != "absent"]
+    if data.draw(st.booleans()):
+        body = {str(item["order"]): item["refill"] for item in body}
+    results = parsing.parse_multi_refill(ids, body)
+    assert [r.order_id for r in results] == ids
+    for result in results:
+        kind = kinds[result.order_id]
+        assert (result.refill_id == result.order_id + 1) is (kind == "id")
+        assert result.ambiguous is (kind in ("garbage", "absent"))
+        assert (result.error is None) is (kind == "id")

@@ -1,10 +1,11 @@
 """The API v2 client: one `PanelClient` per panel, thread-safe, sync.
 
 Every request goes through the panel's process-wide limiter (rate budget and concurrency cap).
-Read-only actions retry with exponential backoff and jitter, honouring Retry-After. Writing
-actions (`add`, `refill`, `cancel`) are resent only when the request provably never left this
-machine (connection refused) or the panel said it did not process it (429); any other failure
-after sending is an `AmbiguousSubmissionError`, never retried.
+Read-only actions retry with exponential backoff and jitter, honouring Retry-After (on 429 and
+on any 5xx that carries it). Writing actions (`add`, `refill`, `cancel`) are resent only when
+the request provably never left this machine (connection refused) or the panel said it did not
+process it (429); any other failure after sending is an `AmbiguousSubmissionError`, never
+retried. A key the panel echoes in its answer is replaced by `***` before the answer is read.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class PanelClient:
             )
         text = response.text
         try:
-            body = parsing.decode_json(text)
+            body = _redacted(parsing.decode_json(text), self._key.reveal())
         except ValueError:
             body = None
         message = parsing.lone_error(body) if body is not None else None
@@ -168,7 +169,13 @@ class PanelClient:
             if message is not None and status < 500:
                 raise self._api_error(message, action)
             detail = f": {message}" if message else ""
-            raise self._error(HTTPStatusError, f"HTTP {status}{detail}", action, status_code=status)
+            raise self._error(
+                HTTPStatusError,
+                f"HTTP {status}{detail}",
+                action,
+                status_code=status,
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
         if body is None:
             looks_html = text.lstrip()[:1] == "<"
             what = "an HTML page" if looks_html else "invalid or truncated JSON"
@@ -213,7 +220,9 @@ class PanelClient:
                     raise AmbiguousSubmissionError(
                         exc, panel=self.panel.name, action=action
                     ) from None
-                error, wait = exc, self._backoff(attempt, None)
+                error, wait = exc, self._backoff(attempt, exc.retry_after)
+                if exc.retry_after is not None:  # e.g. 503 "come back in N seconds"
+                    self.limiter.back_off(wait)
             except InvalidResponseError as exc:
                 if writing:
                     raise AmbiguousSubmissionError(
@@ -372,6 +381,18 @@ class PanelClient:
             else:
                 by_chunk[chunk[0]] = result
         return [r for chunk in chunked(ids) for r in by_chunk[chunk[0]]]
+
+
+def _redacted(body: Any, key: str) -> Any:
+    """The decoded answer with every occurrence of the key replaced by `***` (a panel may
+    echo it in an error sentence, which would then travel into exceptions, DuckDB, reports)."""
+    if isinstance(body, str):
+        return body.replace(key, "***") if key else body
+    if isinstance(body, list):
+        return [_redacted(item, key) for item in body]
+    if isinstance(body, dict):
+        return {_redacted(k, key): _redacted(v, key) for k, v in body.items()}
+    return body
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -3,7 +3,8 @@
 The hierarchy mirrors the decisions a caller has to make: retry later (transport, HTTP 5xx,
 rate limited, invalid answer), fix the request (API error), or stop and ask a human
 (ambiguous submission). No message ever contains the API key: messages are built from the
-panel name, the action and the panel's own words only.
+panel name, the action and the panel's own words only, and the client replaces the key by `***`
+in those words before they get here (a panel may echo it).
 """
 
 from __future__ import annotations
@@ -35,23 +36,34 @@ class TransportError(PanelError):
 
 
 class HTTPStatusError(PanelError):
-    """The panel answered with an HTTP error status (4xx/5xx) and no usable JSON error."""
+    """The panel answered with an HTTP error status (4xx/5xx) and no usable JSON error.
+
+    `retry_after` holds the panel's Retry-After in seconds when it sent one (a 503 often does).
+    """
 
     def __init__(
-        self, message: str, *, panel: str = "", action: str = "", status_code: int
+        self,
+        message: str,
+        *,
+        panel: str = "",
+        action: str = "",
+        status_code: int,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, panel=panel, action=action)
         self.status_code = status_code
+        self.retry_after = retry_after
 
 
 class RateLimitedError(HTTPStatusError):
-    """HTTP 429. `retry_after` holds the panel's Retry-After in seconds, when it sent one."""
+    """HTTP 429: the panel refused without processing, so even a writing action may be resent."""
 
     def __init__(
         self, message: str, *, panel: str = "", action: str = "", retry_after: float | None
     ) -> None:
-        super().__init__(message, panel=panel, action=action, status_code=429)
-        self.retry_after = retry_after
+        super().__init__(
+            message, panel=panel, action=action, status_code=429, retry_after=retry_after
+        )
 
 
 class InvalidResponseError(PanelError):
