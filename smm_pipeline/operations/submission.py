@@ -148,9 +148,9 @@ class _PanelBatch:
         ]
 
     def start(self, conn: duckdb.DuckDBPyConnection) -> None:
-        """Claim two batches (one for the workers' first rows, one waiting), then work."""
+        """Claim the workers' first rows and the batch waiting behind them, then work."""
         for _ in range(2):
-            self.claim(conn)
+            self._claim_next(conn)
         for worker in self._workers:
             worker.start()
 
@@ -169,8 +169,13 @@ class _PanelBatch:
             self._answers.put((self, row, result))
 
     def claim(self, conn: duckdb.DuckDBPyConnection) -> None:
-        """Flag the next rows `sending`, then queue them; at most 2 × size wait at once."""
-        if self.closed or self.stop.is_set() or self._ready.qsize() >= self.size:
+        """Claim the next batch once fewer than `size` claimed rows wait: at most 2 × size."""
+        if self._ready.qsize() < self.size:
+            self._claim_next(conn)
+
+    def _claim_next(self, conn: duckdb.DuckDBPyConnection) -> None:
+        """Flag the next rows `sending`, then queue them (never the other way round)."""
+        if self.closed or self.stop.is_set():
             return
         batch = self.rows[self.claimed : self.claimed + self.size]
         mark_sending(conn, self.panel, [r.ref for r in batch])
@@ -201,7 +206,8 @@ class _PanelBatch:
 
     def join(self) -> None:
         for worker in self._workers:
-            worker.join()
+            if worker.is_alive():  # never started if claiming failed first
+                worker.join()
 
 
 def _stopped(panel: str, ref: str) -> SubmitOutcome:
