@@ -1,5 +1,7 @@
-"""A submission killed with SIGKILL mid-batch, then run again: every row reaches the panel at
-most once, rows caught mid-send become ambiguous, the rest are sent."""
+"""A submission killed with SIGKILL mid-batch, then re-executed from failure the way the README
+says (Dagster's re-execution, the validation step's output reused) and then run once more as a
+whole: every row reaches the panel at most once, rows caught mid-send become ambiguous, the rest
+are sent."""
 
 from __future__ import annotations
 
@@ -23,15 +25,20 @@ CHILD = textwrap.dedent(
     """
     import json, sys
     import dagster as dg
-    from smm_pipeline.defs.location import build_definitions
-    request = json.loads(sys.argv[1])
-    defs = build_definitions()
-    with dg.instance_for_test() as instance:
-        defs.resolve_job_def("submit_orders").execute_in_process(
-            run_config=request, instance=instance, raise_on_error=False
-        )
+    from smm_pipeline_tests.test_crash_recovery import submit_orders_job
+    instance = dg.DagsterInstance.from_config(sys.argv[2])
+    dg.execute_job(
+        dg.reconstructable(submit_orders_job), instance=instance, run_config=json.loads(sys.argv[1])
+    )
     """
 )
+
+
+def submit_orders_job() -> dg.JobDefinition:
+    """The job as a Dagster run process rebuilds it (reconstructable, for re-execution)."""
+    from smm_pipeline.defs.location import build_definitions
+
+    return build_definitions().resolve_job_def("submit_orders")
 
 
 @pytest.fixture
@@ -57,8 +64,10 @@ def test_sigkill_mid_batch_then_rerun_submits_each_row_at_most_once(
         request = tick(defs, "order_csv_sensor", instance).run_requests[0]
     import json
 
+    home = tmp_path / "dagster_home"
+    home.mkdir()
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(request.run_config)],
+        [sys.executable, "-c", CHILD, json.dumps(request.run_config), str(home)],
         env=os.environ.copy(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -80,11 +89,22 @@ def test_sigkill_mid_batch_then_rerun_submits_each_row_at_most_once(
     assert states.get("pending", 0) > 0  # the kill came mid-batch
     assert sum(states.values()) == 300
 
-    with dg.instance_for_test() as instance:
-        rerun = defs.resolve_job_def("submit_orders").execute_in_process(
-            run_config=request.run_config, instance=instance, raise_on_error=False
-        )
-    assert rerun.success
+    instance = dg.DagsterInstance.from_config(str(home))
+    [killed] = instance.get_runs()
+    instance.report_run_failed(killed)  # what run monitoring does with a dead run worker
+    job = dg.reconstructable(submit_orders_job)
+    with dg.execute_job(
+        job,
+        instance=instance,
+        reexecution_options=dg.ReexecutionOptions.from_failure(killed.run_id, instance),
+    ) as rerun:
+        assert rerun.success
+        assert "validate_order_file" not in {e.step_key for e in rerun.all_events if e.step_key}
+    sent_after = len(slow_sim.orders())
+    with dg.execute_job(job, instance=instance, run_config=request.run_config) as whole:
+        assert whole.success  # the whole run again: nothing left to send
+    assert len(slow_sim.orders()) == sent_after
+    instance.dispose()
 
     panel_orders = slow_sim.orders()
     per_link = collections.Counter(o["link"] for o in panel_orders)

@@ -215,20 +215,31 @@ def test_add_faults_end_in_the_right_state_without_duplicates(
     assert result.success
     assert orders_table(pipeline)[0][1] == state
     assert len(sim.orders()) == panel_orders
+    sim.reset_stats()
     rerun = drop_and_run(
         pipeline, instance, "f-again.csv", "service,link,quantity,ref\n1,https://x.com/f,100,f-1\n"
     )
     assert rerun.success
+    # Other content with the same ref: past the file-hash check, the ref itself is protected.
+    other = drop_and_run(
+        pipeline, instance, "f-other.csv", "service,link,quantity,ref\n1,https://x.com/g,200,f-1\n"
+    )
+    assert other.success, event_texts(other)
     assert len(sim.orders()) == panel_orders  # never resent
+    assert sim.stats()["calls"].get("add", 0) == 0
+    [row] = results_csv(pipeline, "f-other.results.csv")
+    assert row["submit_state"] == "skipped"
+    assert row["error"] == f"ref already {state} from f.csv; not sent again"
 
 
-def test_not_enough_funds_mid_batch_stops_cleanly(pipeline, sim, instance):
+def test_not_enough_funds_mid_batch_stops_cleanly_and_a_redrop_sends_only_those_rows(
+    pipeline, sim, instance
+):
     rows = "".join(f"1,https://x.com/n{i},1000,n-{i}\n" for i in range(40))  # 0.90 each
+    content = "service,link,quantity,ref\n" + rows
     sim.set_balance("1000.00")
     # The validation sees 1000.00; the panel's balance drops before the submission.
-    from smm_pipeline_tests.dagster_helpers import settle as _settle
-
-    _settle(pipeline.drop("orders", "funds.csv", "service,link,quantity,ref\n" + rows))
+    settle(pipeline.drop("orders", "funds.csv", content))
     defs = pipeline.defs()
     request = tick(defs, "order_csv_sensor", instance).run_requests[0]
     job = defs.resolve_job_def("submit_orders")
@@ -245,7 +256,24 @@ def test_not_enough_funds_mid_batch_stops_cleanly(pipeline, sim, instance):
     assert states.count("failed") == 30
     assert len(sim.orders()) == 10
     results = results_csv(pipeline, "funds.results.csv")
-    assert any("Not enough funds" in r["error"] for r in results)
+    failed = [r for r in results if r["submit_state"] == "failed"]
+    assert len(failed) == 30
+    assert all("Not enough funds on balance" in r["error"] for r in failed), failed
+    assert all(r["order_id"] == "" for r in failed)
+
+    sim.set_balance("100.00")  # topped up: drop the same file again
+    sim.reset_stats()
+    again = drop_and_run(pipeline, instance, "funds.csv", content)
+    assert again.success, event_texts(again)
+    assert sim.stats()["calls"].get("add", 0) == 30
+    assert len(sim.orders()) == 40
+    assert len({o["link"] for o in sim.orders()}) == 40
+    assert {r[1] for r in orders_table(pipeline)} == {"submitted"}
+    [report] = [p for p in pipeline.folders.processed.glob("funds.*.results.csv")]
+    redo = list(csv.DictReader(io.StringIO(report.read_text(encoding="utf-8"))))
+    assert [r["submit_state"] for r in redo].count("submitted") == 30
+    assert [r["submit_state"] for r in redo].count("skipped") == 10
+    assert results_csv(pipeline, "funds.results.csv") == results  # the first report stays
 
 
 def test_ambiguous_rows_resolved_by_the_operator(pipeline, sim, instance):

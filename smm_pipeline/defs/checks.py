@@ -11,7 +11,12 @@ import dagster as dg
 from smm_pipeline.defs.metadata import frame_preview
 from smm_pipeline.defs.polling import orders_materialization
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
-from smm_pipeline.operations.resolution import ACTIONS, Resolution, resolve_ambiguous
+from smm_pipeline.operations.resolution import (
+    ACTIONS,
+    Resolution,
+    ResolutionRefused,
+    resolve_ambiguous,
+)
 from smm_pipeline.warehouse.monitoring import (
     ambiguous_submissions,
     orders_on_vanished_services,
@@ -138,7 +143,12 @@ def resolve_ambiguous_rows(
     settings = panels.settings()
     needed = {r.panel for r in wanted if r.action == "resubmit"}
     with panels.clients(settings, only=needed) as clients:
-        report = resolve_ambiguous(warehouse.db_path, wanted, clients, progress=context.log.info)
+        try:
+            report = resolve_ambiguous(
+                settings, warehouse.db_path, wanted, clients, progress=context.log.info
+            )
+        except ResolutionRefused as refused:
+            raise dg.Failure(str(refused)) from None
     warehouse.publish()
     context.log_event(orders_materialization(warehouse, "ambiguous orders resolved"))
     for (panel, ref), message in report.errors.items():
@@ -147,8 +157,9 @@ def resolve_ambiguous_rows(
         {
             "applied": report.applied,
             "refused": len(report.errors),
-            "resubmitted": sum(r.submitted for r in report.resubmitted),
-            "resubmit_ambiguous": sum(r.ambiguous for r in report.resubmitted),
+            "resubmitted": report.submitted,
+            "resubmit_ambiguous": report.ambiguous,
+            "resubmit_failed": report.failed,
         }
     )
     if report.errors:

@@ -1,8 +1,11 @@
 """File-drop sensors: one per inbox folder, cheap (they read the folder, never DuckDB or an API).
 
-The run key is `<kind>:<content sha256>:<name>:<mtime>`: the same drop never launches twice,
-and a re-drop of already handled content launches a run that finds every row already done and
-submits nothing (the outbox in DuckDB, keyed by panel and ref, is what guarantees it).
+The run key is `<kind>:<content sha256>:<name>:<mtime>:<ctime>`: the same drop never launches
+twice, and a file moved or copied back in (mv, cp -p and rsync -t keep the mtime, never the
+ctime) is a new drop. A re-drop of already handled content launches a run that finds every row
+already done and submits nothing (the outbox in DuckDB, keyed by panel and ref, guarantees it).
+The cursor keeps, per file name, the stamp (size, mtime, ctime) it last saw and, once launched,
+the run key: a file rewritten after its launch has a new stamp, so it is launched again.
 """
 
 from __future__ import annotations
@@ -12,11 +15,18 @@ import io
 import json
 
 import dagster as dg
+import pydantic
 
 from smm_pipeline.config import data_dir_from_env
 from smm_pipeline.defs.metadata import frame_preview
 from smm_pipeline.intake.csv_files import file_hash
-from smm_pipeline.operations.inbox import FileRejected, Folders, is_complete, observe
+from smm_pipeline.operations.inbox import (
+    FileRejected,
+    Folders,
+    bare_file_name,
+    is_complete,
+    observe,
+)
 
 SENSOR_INTERVAL_SECONDS = 15
 
@@ -27,6 +37,11 @@ class FileRunConfig(dg.Config):
     file_name: str
     file_hash: str
 
+    @pydantic.field_validator("file_name")
+    @classmethod
+    def _bare(cls, value: str) -> str:
+        return bare_file_name(value)
+
 
 def count_rows(content: bytes) -> int:
     """Data records in a CSV (multi-line cells counted once); 0 when it cannot be parsed."""
@@ -35,6 +50,11 @@ def count_rows(content: bytes) -> int:
         return max(0, sum(1 for row in csv.reader(io.StringIO(text, newline="")) if any(row)) - 1)
     except (UnicodeDecodeError, csv.Error):
         return 0
+
+
+def _launched(seen: list | None, stamp: list[int]) -> bool:
+    """Whether the cursor entry says this very file (same stamp) was launched already."""
+    return bool(seen) and isinstance(seen[-1], str) and list(seen[:-1]) == stamp
 
 
 def file_drop_sensor(
@@ -55,7 +75,7 @@ def file_drop_sensor(
         waiting: list[str] = []
         for obs in observe(folder):
             seen = previous.get(obs.name)
-            if seen is not None and len(seen) == 3 and seen[:2] == obs.stamp:
+            if _launched(seen, obs.stamp):
                 cursor[obs.name] = seen  # launched already; its run moves the file
                 continue
             if not is_complete(obs, seen):
@@ -64,7 +84,7 @@ def file_drop_sensor(
                 continue
             content = (folder / obs.name).read_bytes()
             digest = file_hash(content)
-            run_key = f"{kind}:{digest}:{obs.name}:{obs.mtime_ns}"
+            run_key = f"{kind}:{digest}:{obs.name}:{obs.mtime_ns}:{obs.ctime_ns}"
             requests.append(
                 dg.RunRequest(
                     run_key=run_key,

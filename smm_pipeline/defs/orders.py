@@ -12,6 +12,7 @@ from smm_pipeline.defs.polling import orders_materialization
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
 from smm_pipeline.operations.inbox import FileRejected
 from smm_pipeline.operations.order_files import (
+    FileChanged,
     PreparedOrderFile,
     finish_order_file,
     prepare_order_file,
@@ -36,6 +37,8 @@ def validate_order_file(
     except FileRejected as rejected:
         warehouse.publish()
         raise rejection_failure(rejected) from None
+    except FileChanged as changed:
+        raise dg.Failure(description=str(changed), metadata={"file": config.file_name}) from None
     for refresh in prepared.catalog_refreshes:
         context.log_event(
             dg.AssetMaterialization(
@@ -67,6 +70,9 @@ def submit_order_rows(
     panels: PanelsResource,
     warehouse: WarehouseResource,
 ) -> PreparedOrderFile:
+    if not prepared.to_submit and not prepared.resumed:
+        context.log.info(f"{prepared.file_name}: nothing to send")
+        return prepared
     settings = panels.settings()
     with panels.clients(settings, only=prepared.panels) as clients:
         report = submit_file(
@@ -111,6 +117,7 @@ def report_order_file(
         {
             "file": prepared.file_name,
             "results_file": str(summary.results_file),
+            "results_written": summary.written,
             "rows": summary.rows,
             "submitted": summary.submitted,
             "failed": summary.failed,

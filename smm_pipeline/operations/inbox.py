@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,15 +47,30 @@ class Folders:
         self.rejected.mkdir(parents=True, exist_ok=True)
 
 
+def bare_file_name(name: str) -> str:
+    """`name` if it names a file directly inside a drop folder; ValueError otherwise (a run's
+    config must not reach ../processed/x.csv or an absolute path)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(
+            f"file_name must be a bare file name inside the inbox folder (like 'orders.csv'), "
+            f"got {name!r}"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class Observation:
+    """A file as the sensor sees it. The ctime is part of its identity: mv, cp -p and rsync -t
+    keep the mtime, but moving or copying a file in always sets a new ctime."""
+
     name: str
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @property
     def stamp(self) -> list[int]:
-        return [self.size, self.mtime_ns]
+        return [self.size, self.mtime_ns, self.ctime_ns]
 
 
 def observe(folder: Path) -> list[Observation]:
@@ -73,7 +89,7 @@ def observe(folder: Path) -> list[Observation]:
             ):
                 continue
             st = entry.stat(follow_symlinks=False)
-            found.append(Observation(name, st.st_size, st.st_mtime_ns))
+            found.append(Observation(name, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return sorted(found, key=lambda o: (o.mtime_ns, o.name))
 
 
@@ -85,19 +101,31 @@ def is_complete(
     settle_seconds: float = SETTLE_SECONDS,
 ) -> bool:
     """Complete when unchanged since the last look, or not touched for `settle_seconds`."""
-    if previous is not None and list(previous[:2]) == obs.stamp:
+    if previous is not None and list(previous[: len(obs.stamp)]) == obs.stamp:
         return True
     now = time.time() if now is None else now
     return now - obs.mtime_ns / 1e9 >= settle_seconds
 
 
-def move_handled(source: Path, target_dir: Path) -> Path:
-    """Move a handled file out of the inbox without overwriting an earlier one of that name."""
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / source.name
-    if target.exists():
+def free_target(
+    target_dir: Path, name: str, report: Callable[[Path, str], Path] | None = None
+) -> Path:
+    """`target_dir/name`, or a time-stamped variant when that file (or, given `report`, which
+    names a file's report, that report) already exists: earlier files are never overwritten."""
+    target = target_dir / name
+    if target.exists() or (report is not None and report(target_dir, target.name).exists()):
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        target = target_dir / f"{source.stem}.{stamp}{source.suffix}"
+        target = target_dir / f"{target.stem}.{stamp}{target.suffix}"
+    return target
+
+
+def move_handled(
+    source: Path, target_dir: Path, report: Callable[[Path, str], Path] | None = None
+) -> Path:
+    """Move a handled file out of the inbox without overwriting an earlier one of that name,
+    nor (given `report`) an earlier file's report."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = free_target(target_dir, source.name, report)
     os.replace(source, target)
     return target
 
@@ -130,6 +158,6 @@ def reject_file(
     source: Path, folders: Folders, errors: list[RowError], *, nothing: str
 ) -> FileRejected:
     """Move a refused file to rejected/ beside its `<name>.errors.csv`."""
-    moved = move_handled(source, folders.rejected)
+    moved = move_handled(source, folders.rejected, errors_report_path)
     errors_file = write_errors_csv(errors_report_path(folders.rejected, moved.name), errors)
     return FileRejected(source.name, errors, errors_file, nothing)

@@ -5,6 +5,12 @@ validates every row, and records the rows to send in the outbox, or refuses the 
 (errors.csv beside it in rejected/). `finish_order_file` writes results.csv and moves the file
 to processed/. Rows whose ref was already handled by an earlier file are not sent again; a ref
 whose earlier attempt definitely failed is sent again.
+
+The run's config names the file and the sha256 the sensor saw. The bytes read are hashed again:
+a file rewritten since the sensor looked is not this run's content, so the run refuses it and
+leaves it for the run the sensor launches for the new bytes. Content whose rows are already
+recorded is resumed (an interrupted run of it) or reported (a re-drop) from the warehouse,
+unless some of its rows failed: then it is validated afresh and only those rows are resent.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import pandas as pd
 
 from smm_pipeline.config import Settings
 from smm_pipeline.intake.budget import batch_errors, panel_totals
+from smm_pipeline.intake.csv_files import file_hash as content_hash
 from smm_pipeline.intake.csv_files import read_csv_table
 from smm_pipeline.intake.orders import (
     ORDER_COLUMNS,
@@ -35,7 +42,14 @@ from smm_pipeline.intake.reports import (
 )
 from smm_pipeline.intake.row_errors import RowError
 from smm_pipeline.operations.catalog import CatalogRefresh, refresh_catalog
-from smm_pipeline.operations.inbox import FileRejected, Folders, move_handled, reject_file
+from smm_pipeline.operations.inbox import (
+    FileRejected,
+    Folders,
+    bare_file_name,
+    free_target,
+    move_handled,
+    reject_file,
+)
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.errors import PanelError
 from smm_pipeline.warehouse.balances import record_balance
@@ -43,15 +57,19 @@ from smm_pipeline.warehouse.catalog import catalog_age, load_catalog
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.orders import (
     RESUBMITTABLE_STATES,
-    count_file_rows,
+    FileRow,
     existing_refs,
     file_rows,
-    handled_file,
+    file_state,
     record_file,
     record_pending,
 )
 
 log = logging.getLogger(__name__)
+
+
+class FileChanged(Exception):
+    """The file in the inbox is not the content this run was launched for."""
 
 
 @dataclass
@@ -125,29 +143,96 @@ def _outbox_frame(rows: list[ValidatedOrder], file_name: str, file_hash: str) ->
     )
 
 
-def _redrop(
+def _redrop(file_name: str, file_hash: str, recorded: list[FileRow], original: str,
+            log: Callable[[str], None]) -> PreparedOrderFile:  # fmt: skip
+    """The same content was handled before (under any name): report, send nothing."""
+    log(f"{file_name} has the same content as {original}, handled before: nothing to submit")
+    return PreparedOrderFile(
+        file_name, file_hash, len(recorded), 0, [], Decimal(0), redrop_of=original
+    )
+
+
+def _balances(
+    db_path: Path, clients: Mapping[str, PanelClient], panels: list[str], log: Callable[[str], None]
+) -> dict[str, tuple[Decimal, str]]:
+    """The fresh balances of `panels` (recorded), for the actual spend of the report."""
+    balances: dict[str, tuple[Decimal, str]] = {}
+    for panel in panels:
+        try:
+            balance = clients[panel].balance()
+        except PanelError as exc:
+            log(f"{panel}: balance not available ({exc.message}); actual spend will be n/a")
+            continue
+        with connect(db_path) as conn:
+            record_balance(conn, panel, balance, datetime.now(UTC))
+        balances[panel] = (balance.balance, balance.currency)
+    return balances
+
+
+def _unrecorded_rows(
+    settings: Settings,
+    db_path: Path,
+    content: bytes,
+    file_name: str,
+    recorded: list[FileRow],
+    log: Callable[[str], None],
+) -> list[SkippedRow]:
+    """The rows of a resumed file that were not recorded: they were skipped at its validation
+    because an earlier file had handled their ref. Found again by re-reading the file."""
+    with connect(db_path) as conn:
+        catalog = {k: CatalogEntry(r.as_service(), r.active) for k, r in load_catalog(conn).items()}
+    result = validate_order_file(content, file_name, catalog, settings, {})
+    if any(e.column != "batch" for e in result.errors):
+        log(f"{file_name}: some rows no longer validate; results.csv lists the recorded rows only")
+    mine = {(r.panel, r.ref) for r in recorded}
+    others = [r for r in result.rows if (r.panel, r.ref) not in mine]
+    with connect(db_path) as conn:
+        existing = existing_refs(conn, [(r.panel, r.ref) for r in others])
+    return [
+        SkippedRow(r.row_number, r.ref, r.panel, r.service_id, before.order_id, r.estimated_cost,
+                   f"ref already {before.submit_state} from {before.source_file}; not sent again")
+        for r in others
+        if (before := existing.get((r.panel, r.ref))) is not None
+    ]  # fmt: skip
+
+
+def _resume(
     settings: Settings,
     db_path: Path,
     file_name: str,
     file_hash: str,
-    original: str,
+    content: bytes | None,
+    accepted_as: str,
+    recorded: list[FileRow],
+    clients: Mapping[str, PanelClient],
     log: Callable[[str], None],
 ) -> PreparedOrderFile:
-    """The same content was handled before (under any name): report, send nothing."""
-    with connect(db_path) as conn:
-        earlier = file_rows(conn, file_hash)
-    skipped = [
-        SkippedRow(
-            int(r.row_number), r.ref, r.panel, int(r.service_id),
-            None if pd.isna(r.order_id) else int(r.order_id), Decimal(str(r.estimated_cost)),
-            f"this content was already handled as {original} ({r.submit_state}); not sent again",
+    """Rows of this content were recorded by a run that has not finished: an interrupted run
+    (resumed here: its pending rows are sent, its sending rows become ambiguous), or another
+    file with the same content whose run is on it (reported as that file's, never sent here)."""
+    if accepted_as != file_name:
+        log(f"{file_name} has the same content as {accepted_as}, whose run is handling it: "
+            "nothing is sent by this run")  # fmt: skip
+        return PreparedOrderFile(
+            file_name, file_hash, len(recorded), 0, [], Decimal(0), redrop_of=accepted_as
         )
-        for r in earlier.itertuples(index=False)
+    pending = [r for r in recorded if r.submit_state == "pending"]
+    panels = sorted({r.panel for r in pending} & set(clients))
+    skipped = [
+        SkippedRow(r.row_number, r.ref, r.panel, r.service_id, r.order_id, r.estimated_cost,
+                   f"ref already {r.submit_state} from {r.source_file}; not sent again")
+        for r in recorded
+        if r.source_file != file_name
     ]  # fmt: skip
-    log(f"{file_name} has the same content as {original}, handled before: nothing to submit")
+    if content is not None:
+        skipped += _unrecorded_rows(settings, db_path, content, file_name, recorded, log)
+    spend = sum((r.estimated_cost for r in pending), Decimal(0))
+    log(f"{file_name}: {len(recorded)} rows already recorded by an earlier run: resuming, "
+        f"{len(pending)} still to send, estimated spend {spend}")  # fmt: skip
     return PreparedOrderFile(
-        file_name, file_hash, len(skipped), 0, [], Decimal(0), skipped=skipped, redrop_of=original
-    )
+        file_name, file_hash, len(recorded) + len(skipped), len(pending), panels, spend,
+        balances_before=_balances(db_path, clients, panels, log), skipped=skipped, resumed=True,
+    )  # fmt: skip
 
 
 def prepare_order_file(
@@ -159,21 +244,31 @@ def prepare_order_file(
     *,
     log: Callable[[str], None] = log.info,
 ) -> PreparedOrderFile:
-    """Validate a dropped file and record its rows to send, or raise FileRejected."""
-    source = Folders(settings.data_dir).inbox("orders") / file_name
+    """Validate a dropped file and record its rows to send, or raise FileRejected (refused:
+    moved to rejected/) or FileChanged (not the content the run is for: left in the inbox)."""
+    source = Folders(settings.data_dir).inbox("orders") / bare_file_name(file_name)
+    content = source.read_bytes() if source.is_file() else None
+    changed = content is not None and content_hash(content) != file_hash
     with connect(db_path) as conn:
-        recorded = count_file_rows(conn, file_hash)
-        handled = handled_file(conn, file_hash)
-    if recorded and handled is not None:
-        return _redrop(settings, db_path, file_name, file_hash, handled, log)
-    if recorded:
-        log(f"{file_name}: {recorded} rows already recorded by an earlier run: resuming")
-        return PreparedOrderFile(
-            file_name, file_hash, recorded, recorded, sorted(clients), Decimal(0), resumed=True
+        recorded = file_rows(conn, file_hash)
+        state = file_state(conn, file_hash)
+    if recorded and state is not None and state[1] == "accepted":
+        if changed:
+            log(f"{file_name} was rewritten since this run began; the recorded rows are resumed "
+                "and the new content is left for its own run")  # fmt: skip
+        return _resume(settings, db_path, file_name, file_hash, None if changed else content,
+                       state[0], recorded, clients, log)  # fmt: skip
+    if changed:
+        raise FileChanged(
+            f"{source} changed after the sensor saw it (its sha256 is no longer "
+            f"{file_hash[:16]}...): nothing was recorded or sent, and the file stays in the "
+            "inbox, where the sensor launches a run for its new content"
         )
-    if not source.is_file():
+    failed = any(r.submit_state in RESUBMITTABLE_STATES for r in recorded)
+    if recorded and state is not None and state[1] == "processed" and not failed:
+        return _redrop(file_name, file_hash, recorded, state[0], log)
+    if content is None:
         raise FileNotFoundError(f"{source} is gone; drop the file again to submit it")
-    content = source.read_bytes()
     panels = _panels_in_file(content, settings)
     refreshes: list[CatalogRefresh] = []
     balances: dict[str, tuple[Decimal, str]] = {}
@@ -236,11 +331,13 @@ def prepare_order_file(
             {p: b for p, (b, _) in balances.items()},
         )
         if not budget:
+            conn.begin()  # the outbox rows and the file's `accepted` outcome, or neither
             record_pending(conn, _outbox_frame(to_send, file_name, file_hash), datetime.now(UTC))
             record_file(
                 conn, file_hash=file_hash, kind="orders", file_name=file_name,
                 outcome="accepted", rows=len(result.rows), seen_at=datetime.now(UTC),
             )  # fmt: skip
+            conn.commit()
     if budget:
         raise _reject(settings, db_path, source, file_hash, budget)
     spend = sum((r.estimated_cost for r in to_send), Decimal(0))
@@ -276,13 +373,18 @@ class FinishSummary:
     skipped: int
     estimated_spend: Decimal
     actual_spend: dict[str, tuple[Decimal, str]]
+    written: bool = True
 
     @property
     def line(self) -> str:
+        where = (
+            f"results in {self.results_file}"
+            if self.written
+            else f"already reported in {self.results_file} (left as it is)"
+        )
         return (
             f"{self.rows} rows: {self.submitted} submitted, {self.failed} failed, "
-            f"{self.ambiguous} ambiguous, {self.skipped} already handled; "
-            f"results in {self.results_file}"
+            f"{self.ambiguous} ambiguous, {self.skipped} already handled; {where}"
         )
 
     def actual_spend_markdown(self) -> str:
@@ -293,42 +395,75 @@ class FinishSummary:
         return "\n".join(lines)
 
 
+def _result_rows(
+    prepared: PreparedOrderFile, recorded: list[FileRow], state: tuple[str, str] | None
+) -> list[ResultRow]:
+    """This file's rows: those it recorded (with their outcome) and those it skipped. A re-drop
+    reports every row of the content as skipped, with what became of it."""
+    if prepared.redrop_of is not None:
+        name, outcome = state or (prepared.redrop_of, "accepted")
+        how = "already handled" if outcome == "processed" else "being handled by the run of"
+        skipped = [
+            SkippedRow(r.row_number, r.ref, r.panel, r.service_id, r.order_id, r.estimated_cost,
+                       f"this content was {how} {name} ({r.submit_state}); not sent again")
+            for r in recorded
+        ]  # fmt: skip
+        recorded = []
+    else:
+        skipped = prepared.skipped
+        keys = {(s.panel, s.ref) for s in skipped}
+        recorded = [
+            r for r in recorded
+            if r.source_file == prepared.file_name and (r.panel, r.ref) not in keys
+        ]  # fmt: skip
+    results = [
+        ResultRow(r.row_number, r.ref, r.panel, r.service_id, r.order_id, r.submit_error,
+                  r.estimated_cost, r.submit_state)
+        for r in recorded
+    ]  # fmt: skip
+    results += [
+        ResultRow(s.row, s.ref, s.panel, s.service, s.order_id, s.reason, s.estimated_cost,
+                  "skipped")
+        for s in skipped
+    ]  # fmt: skip
+    return sorted(results, key=lambda r: r.row)
+
+
+def _report_target(
+    folders: Folders, prepared: PreparedOrderFile, state: tuple[str, str] | None
+) -> tuple[str, bool]:
+    """The file's name in processed/, and whether its report is to be written (False: it was
+    reported already, leave that report alone). The file moves only if it still holds this
+    content; a name clash gets a time-stamped name for the file and its report."""
+    source = folders.inbox("orders") / prepared.file_name
+    if source.is_file() and content_hash(source.read_bytes()) == prepared.file_hash:
+        return move_handled(source, folders.processed, results_report_path).name, True
+    if state is not None and state[1] == "processed":  # reported already (re-execution)
+        return state[0], False
+    # Gone, or rewritten with other content (left for its own run): a report of its own.
+    return free_target(folders.processed, prepared.file_name, results_report_path).name, True
+
+
 def finish_order_file(
     settings: Settings,
     db_path: Path,
     prepared: PreparedOrderFile,
     clients: Mapping[str, PanelClient],
 ) -> FinishSummary:
-    """Write results.csv, move the file to processed/, measure the actual spend."""
+    """Write results.csv, move the file to processed/, measure the actual spend.
+
+    An existing report is never rewritten: re-executing a finished run reports nothing new."""
     folders = Folders(settings.data_dir)
+    bare_file_name(prepared.file_name)
     with connect(db_path) as conn:
         recorded = file_rows(conn, prepared.file_hash)
-    if prepared.redrop_of is not None:
-        recorded = recorded.iloc[0:0]
-    results = [
-        ResultRow(
-            row=int(r.row_number),
-            ref=r.ref,
-            panel=r.panel,
-            service=int(r.service_id),
-            order_id=None if pd.isna(r.order_id) else int(r.order_id),
-            error=None if pd.isna(r.submit_error) else r.submit_error,
-            estimated_cost=Decimal(str(r.estimated_cost)),
-            submit_state=r.submit_state,
-        )
-        for r in recorded.itertuples(index=False)
-    ]
-    results += [
-        ResultRow(s.row, s.ref, s.panel, s.service, s.order_id, s.reason, s.estimated_cost,
-                  "skipped")
-        for s in prepared.skipped
-    ]  # fmt: skip
-    results.sort(key=lambda r: r.row)
-    source = folders.inbox("orders") / prepared.file_name
-    target_name = prepared.file_name
-    if source.is_file():
-        target_name = move_handled(source, folders.processed).name
-    results_file = write_results_csv(results_report_path(folders.processed, target_name), results)
+        state = file_state(conn, prepared.file_hash)
+    results = _result_rows(prepared, recorded, state)
+    target_name, write = _report_target(folders, prepared, state)
+    results_file = results_report_path(folders.processed, target_name)
+    if write:
+        folders.processed.mkdir(parents=True, exist_ok=True)
+        write_results_csv(results_file, results)
 
     actual: dict[str, tuple[Decimal, str]] = {}
     now = datetime.now(UTC)
@@ -343,10 +478,10 @@ def finish_order_file(
         with connect(db_path) as conn:
             record_balance(conn, panel, after, now)
         actual[panel] = (before - after.balance, currency)
-    if prepared.redrop_of is None:
-        with connect(db_path) as conn:
+    if prepared.redrop_of is None and write:
+        with connect(db_path) as conn:  # the name in processed/, which its report is named by
             record_file(
-                conn, file_hash=prepared.file_hash, kind="orders", file_name=prepared.file_name,
+                conn, file_hash=prepared.file_hash, kind="orders", file_name=target_name,
                 outcome="processed", rows=len(results), seen_at=now,
             )  # fmt: skip
     states = [r.submit_state for r in results]
@@ -356,6 +491,7 @@ def finish_order_file(
             for r in results
         ],
         columns=["row", "ref", "panel", "service", "order_id", "state", "error"],
+        dtype=object,
     )
     return FinishSummary(
         results_file=results_file,
@@ -370,4 +506,5 @@ def finish_order_file(
             Decimal(0),
         ),
         actual_spend=actual,
+        written=write,
     )

@@ -1,18 +1,43 @@
-"""The operator's answer to ambiguous submissions: attach, resubmit on purpose, or abandon."""
+"""The operator's answer to ambiguous submissions: attach, resubmit on purpose, or abandon.
+
+A resubmit sends exactly the listed rows, once each, and nothing else of their files (a file's
+other pending rows belong to its own run). Like a file's batch, the rows to resend must fit the
+panel's fresh balance and its max_batch_spend, or none of that panel's resubmits is applied.
+"""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
-from smm_pipeline.operations.submission import SubmitReport, submit_file
+import duckdb
+
+from smm_pipeline.config import Settings
+from smm_pipeline.intake.budget import batch_errors, panel_totals
+from smm_pipeline.operations.submission import outcome_of
 from smm_pipeline.panel.client import PanelClient
+from smm_pipeline.panel.errors import PanelError
 from smm_pipeline.warehouse.db import connect
-from smm_pipeline.warehouse.orders import resolve_rows
+from smm_pipeline.warehouse.orders import (
+    SubmitOutcome,
+    attached_elsewhere,
+    existing_refs,
+    mark_sending,
+    pending_keys,
+    record_outcomes,
+    resolve_rows,
+)
 
 ACTIONS = ("attach", "resubmit", "abandon")
+
+
+class ResolutionRefused(ValueError):
+    """The resolutions as a whole cannot be applied (nothing was changed)."""
 
 
 @dataclass(frozen=True)
@@ -27,41 +52,133 @@ class Resolution:
 class ResolveReport:
     applied: int = 0
     errors: dict[tuple[str, str], str] = field(default_factory=dict)
-    resubmitted: list[SubmitReport] = field(default_factory=list)
+    submitted: int = 0
+    ambiguous: int = 0
+    failed: int = 0
+
+
+def _refuse_duplicates(resolutions: Sequence[Resolution]) -> None:
+    keys = Counter((r.panel, r.ref) for r in resolutions)
+    twice = sorted(k for k, n in keys.items() if n > 1)
+    if twice:
+        named = ", ".join(f"{p}/{r}" for p, r in twice)
+        raise ResolutionRefused(
+            f"{named} listed more than once: give one resolution per row; nothing was changed"
+        )
+
+
+def _attach_errors(
+    conn: duckdb.DuckDBPyConnection, resolutions: Sequence[Resolution]
+) -> dict[tuple[str, str], str]:
+    """An order id belongs to one ref: refuse one that another ref of the panel already holds,
+    or that two attach entries claim."""
+    attach = [(r.panel, r.ref, r.order_id) for r in resolutions if r.action == "attach"]
+    wanted = [(p, r, o) for p, r, o in attach if o is not None]
+    holders = attached_elsewhere(conn, wanted)
+    errors = {
+        (p, r): f"order {o} is already attached to ref {holders[(p, r)]!r} on panel {p!r}"
+        for (p, r, o) in wanted
+        if (p, r) in holders
+    }
+    claims = Counter((p, o) for p, _, o in wanted)
+    for p, r, o in wanted:
+        if claims[(p, o)] > 1:
+            errors.setdefault((p, r), f"order {o} is claimed by more than one ref on {p!r}")
+    return errors
+
+
+def _budget_errors(
+    conn: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    resubmit: list[tuple[str, str]],
+    clients: Mapping[str, PanelClient],
+) -> dict[tuple[str, str], str]:
+    """Per resubmitted key, why its panel's resend does not fit the fresh balance or
+    max_batch_spend (or the panel cannot be reached); empty when every panel's does."""
+    current = existing_refs(conn, resubmit)
+    costs: dict[str, list[tuple[str, Decimal]]] = {}
+    for panel, ref in resubmit:
+        row = current.get((panel, ref))
+        if row is not None and row.submit_state == "ambiguous":
+            costs.setdefault(panel, []).append((ref, row.estimated_cost))
+    errors: dict[tuple[str, str], str] = {}
+    for panel, items in sorted(costs.items()):
+        client = clients.get(panel)
+        if client is None:
+            reason = f"panel {panel!r} is not enabled in panels.yaml"
+        else:
+            try:
+                balance = client.balance().balance
+            except PanelError as exc:
+                reason = f"panel {panel!r} could not be reached ({exc.message})"
+            else:
+                limits = batch_errors(
+                    panel_totals((panel, c) for _, c in items), settings, {panel: balance}
+                )
+                reason = "; ".join(e.message for e in limits)
+        if reason:
+            errors.update({(panel, ref): f"not resubmitted: {reason}" for ref, _ in items})
+    return errors
+
+
+def _send(
+    db_path: Path,
+    keys: list[tuple[str, str]],
+    clients: Mapping[str, PanelClient],
+    report: ResolveReport,
+    progress: Callable[[str], None],
+) -> None:
+    """Send exactly these pending rows, once each: flagged `sending` before the request
+    leaves, the outcome recorded after (a crash in between leaves them for a human)."""
+    with connect(db_path) as conn:
+        rows = pending_keys(conn, keys)
+        for panel, frame in rows.groupby("panel", sort=True) if len(rows) else []:
+            records = frame.to_dict("records")
+            mark_sending(conn, panel, [r["ref"] for r in records])
+            outcomes = _add_each(panel, clients[panel], records)
+            record_outcomes(conn, outcomes)
+            for outcome in outcomes:
+                state = outcome.submit_state
+                report.submitted += state == "submitted"
+                report.ambiguous += state == "ambiguous"
+                report.failed += state == "failed"
+                progress(f"{panel}/{outcome.ref}: resubmitted: {state} {outcome.error or ''}")
+
+
+def _add_each(panel: str, client: PanelClient, records: list[dict]) -> list[SubmitOutcome]:
+    sends = [(r["ref"], json.loads(r["params"])) for r in records]
+    results = client.map_concurrent(lambda item: client.add(item[1]), sends)
+    return [outcome_of(panel, item[0], result) for item, result in results]
 
 
 def resolve_ambiguous(
+    settings: Settings,
     db_path: Path,
     resolutions: Sequence[Resolution],
     clients: Mapping[str, PanelClient],
     *,
     progress: Callable[[str], None] = print,
 ) -> ResolveReport:
-    """Apply every resolution that fits (an ambiguous row, a known action); resubmitted rows
-    are sent now, once. Rows that do not fit are reported and left unchanged."""
+    """Apply every resolution that fits (an ambiguous row, a known action, an unclaimed order
+    id, a resend the panel's money allows); resubmitted rows are sent now, once. Rows that do
+    not fit are reported and left unchanged. Raises ResolutionRefused (nothing changed) when a
+    row is listed twice."""
+    _refuse_duplicates(resolutions)
     report = ResolveReport()
+    resubmit = [(r.panel, r.ref) for r in resolutions if r.action == "resubmit"]
     with connect(db_path) as conn:
+        refused = _attach_errors(conn, resolutions) | _budget_errors(
+            conn, settings, resubmit, clients
+        )
         report.errors = resolve_rows(
             conn,
-            [(r.panel, r.ref, r.action, r.order_id) for r in resolutions],
+            [(r.panel, r.ref, r.action, r.order_id) for r in resolutions
+             if (r.panel, r.ref) not in refused],
             datetime.now(UTC),
-        )
-        resubmit = [
-            (r.panel, r.ref)
-            for r in resolutions
-            if r.action == "resubmit" and (r.panel, r.ref) not in report.errors
-        ]
-        hashes = sorted(
-            {
-                row[0]
-                for row in conn.execute(
-                    "SELECT DISTINCT file_hash FROM orders WHERE submit_state = 'pending' "
-                    "AND list_contains(?, panel || chr(31) || ref)",
-                    [[f"{p}\x1f{r}" for p, r in resubmit]],
-                ).fetchall()
-            }
-        )
+        )  # fmt: skip
+    report.errors = refused | report.errors
     report.applied = len(resolutions) - len(report.errors)
-    for file_hash in hashes:
-        report.resubmitted.append(submit_file(db_path, file_hash, clients, progress=progress))
+    to_send = [key for key in resubmit if key not in report.errors]
+    if to_send:
+        _send(db_path, to_send, clients, report, progress)
     return report

@@ -14,9 +14,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 import duckdb
 import pandas as pd
+
+from smm_pipeline.panel.order_types import format_money
 
 SUBMIT_STATES = ("pending", "sending", "submitted", "ambiguous", "failed", "abandoned")
 # A ref in one of these states may be sent again by a later file: it never reached the panel.
@@ -36,6 +39,7 @@ class ExistingRef:
     order_id: int | None
     source_file: str | None
     file_hash: str | None
+    estimated_cost: Decimal | None
 
 
 def existing_refs(
@@ -49,7 +53,8 @@ def existing_refs(
     try:
         rows = conn.execute(
             """
-            SELECT o.panel, o.ref, o.submit_state, o.order_id, o.source_file, o.file_hash
+            SELECT o.panel, o.ref, o.submit_state, o.order_id, o.source_file, o.file_hash,
+                o.estimated_cost
             FROM orders o JOIN _keys k ON o.panel = k.panel AND o.ref = k.ref
             """
         ).fetchall()
@@ -62,8 +67,9 @@ def record_pending(
     conn: duckdb.DuckDBPyConnection, rows: pd.DataFrame, created_at: datetime
 ) -> int:
     """Insert new rows as `pending`; rows whose ref previously failed are reset to pending
-    under the new file. Rows with refs in any other state must be filtered out by the caller.
-    Returns the number of rows written."""
+    under the new file (same primary key (panel, ref), the old attempt's error and ids
+    cleared). A ref in any other state is left untouched even if the caller passes it (the
+    caller filters those out and reports them). Returns the number of rows given."""
     if rows.empty:
         return 0
     frame = rows[OUTBOX_COLUMNS].copy()
@@ -86,9 +92,10 @@ def record_pending(
                 link = excluded.link, quantity = excluded.quantity, params = excluded.params,
                 estimated_cost = excluded.estimated_cost, created_at = excluded.created_at,
                 submit_state = 'pending', submit_error = NULL, order_id = NULL,
-                submitted_at = NULL
+                submitted_at = NULL, updated_at = excluded.created_at, next_poll_at = NULL
+            WHERE list_contains(?, orders.submit_state)
             """,
-            [created_at],
+            [created_at, list(RESUBMITTABLE_STATES)],
         )
     finally:
         conn.unregister("_pending")
@@ -114,16 +121,38 @@ def mark_interrupted_as_ambiguous(
     return count
 
 
+PENDING_COLUMNS = [
+    "panel", "ref", "row_number", "service_id", "service_type", "params", "estimated_cost",
+]  # fmt: skip
+
+
 def pending_rows(conn: duckdb.DuckDBPyConnection, file_hash: str) -> pd.DataFrame:
-    """The file's rows still to send, in file order."""
-    return conn.execute(
-        """
-        SELECT panel, ref, row_number, service_id, service_type, params, estimated_cost
+    """The file's rows still to send, in file order.
+
+    Built from fetchall(), not `.df()`: `estimated_cost` stays a Decimal (object column)."""
+    rows = conn.execute(
+        f"""
+        SELECT {", ".join(PENDING_COLUMNS)}
         FROM orders WHERE file_hash = ? AND submit_state = 'pending'
-        ORDER BY row_number
+        ORDER BY row_number, panel, ref
         """,
         [file_hash],
-    ).df()
+    ).fetchall()
+    return pd.DataFrame(rows, columns=PENDING_COLUMNS, dtype=object)
+
+
+def pending_keys(conn: duckdb.DuckDBPyConnection, keys: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """The pending rows among these (panel, ref) keys, whatever their file (for a resubmit)."""
+    rows = conn.execute(
+        f"""
+        SELECT {", ".join(PENDING_COLUMNS)}
+        FROM orders WHERE submit_state = 'pending'
+            AND list_contains(?::VARCHAR[], panel || chr(31) || ref)
+        ORDER BY panel, ref
+        """,
+        [[f"{p}\x1f{r}" for p, r in keys]],
+    ).fetchall()
+    return pd.DataFrame(rows, columns=PENDING_COLUMNS, dtype=object)
 
 
 def mark_sending(conn: duckdb.DuckDBPyConnection, panel: str, refs: Sequence[str]) -> None:
@@ -178,26 +207,35 @@ def record_outcomes(conn: duckdb.DuckDBPyConnection, outcomes: Sequence[SubmitOu
         conn.unregister("_outcomes")
 
 
-def file_rows(conn: duckdb.DuckDBPyConnection, file_hash: str) -> pd.DataFrame:
+class FileRow(NamedTuple):
+    """One recorded row of a file, exactly as stored (money a Decimal, ids int or None)."""
+
+    row_number: int
+    ref: str
+    panel: str
+    service_id: int
+    order_id: int | None
+    submit_state: str
+    submit_error: str | None
+    estimated_cost: Decimal
+    source_file: str | None
+
+
+def file_rows(conn: duckdb.DuckDBPyConnection, file_hash: str) -> list[FileRow]:
     """Every row recorded for a file, in file order, for the results report."""
-    return conn.execute(
-        """
-        SELECT row_number, ref, panel, service_id, order_id, submit_state, submit_error,
-               estimated_cost
-        FROM orders WHERE file_hash = ? ORDER BY row_number
+    rows = conn.execute(
+        f"""
+        SELECT {", ".join(FileRow._fields)}
+        FROM orders WHERE file_hash = ? ORDER BY row_number, panel, ref
         """,
         [file_hash],
-    ).df()
+    ).fetchall()
+    # DECIMAL(38,18) comes back with 18 places: the same value, written as it was given.
+    return [r._replace(estimated_cost=_plain(r.estimated_cost)) for r in map(FileRow._make, rows)]
 
 
-def ambiguous_orders(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    return conn.execute(
-        """
-        SELECT panel, ref, source_file, row_number, service_id, link, quantity,
-               estimated_cost, submit_error, created_at
-        FROM orders WHERE submit_state = 'ambiguous' ORDER BY created_at, panel, ref
-        """
-    ).df()
+def _plain(amount: Decimal | None) -> Decimal | None:
+    return None if amount is None else Decimal(format_money(amount))
 
 
 def resolve_rows(
@@ -249,10 +287,6 @@ def resolve_rows(
     return errors
 
 
-def total_estimated(frame: pd.DataFrame) -> Decimal:
-    return sum((Decimal(str(v)) for v in frame["estimated_cost"]), Decimal(0))
-
-
 def count_file_rows(conn: duckdb.DuckDBPyConnection, file_hash: str) -> int:
     rows = conn.execute("SELECT count(*) FROM orders WHERE file_hash = ?", [file_hash])
     return rows.fetchall()[0][0]
@@ -280,10 +314,34 @@ def record_file(
     )
 
 
-def handled_file(conn: duckdb.DuckDBPyConnection, file_hash: str) -> str | None:
-    """The name under which this content was fully handled before, if it was."""
+def file_state(conn: duckdb.DuckDBPyConnection, file_hash: str) -> tuple[str, str] | None:
+    """(file_name, outcome) of this content in processed_files, if it was seen before.
+
+    For order files the name is the one in processed/ once the outcome is `processed`."""
     rows = conn.execute(
-        "SELECT file_name FROM processed_files WHERE file_hash = ? AND outcome = 'processed'",
-        [file_hash],
+        "SELECT file_name, outcome FROM processed_files WHERE file_hash = ?", [file_hash]
     ).fetchall()
-    return rows[0][0] if rows else None
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def attached_elsewhere(
+    conn: duckdb.DuckDBPyConnection, wanted: Sequence[tuple[str, str, int]]
+) -> dict[tuple[str, str], str]:
+    """For (panel, ref, order_id) triples: the other ref of that panel that already holds the
+    order id, per key that collides."""
+    frame = pd.DataFrame(list(wanted), columns=["panel", "ref", "order_id"])
+    if frame.empty:
+        return {}
+    frame["order_id"] = pd.array(frame["order_id"], dtype="Int64")
+    conn.register("_attach", frame)
+    try:
+        rows = conn.execute(
+            """
+            SELECT a.panel, a.ref, o.ref FROM _attach a
+            JOIN orders o ON o.panel = a.panel AND o.order_id = a.order_id AND o.ref <> a.ref
+            ORDER BY o.ref
+            """
+        ).fetchall()
+    finally:
+        conn.unregister("_attach")
+    return {(panel, ref): other for panel, ref, other in rows}
