@@ -193,3 +193,35 @@ def test_every_step_that_opens_the_warehouse_is_in_the_duckdb_pool(pipeline):
                 assert node.pool == "duckdb", f"{job.name}/{node.name} is not in pool duckdb"
                 checked += 1
     assert checked >= 8
+
+
+def test_a_balance_run_evaluates_only_its_own_panels_low_balance_check(
+    tmp_path, monkeypatch, sim, instance
+):
+    pipeline = make_pipeline(
+        tmp_path,
+        monkeypatch,
+        [
+            panel_yaml("a", sim.url, rate_limit_per_minute=60000, low_balance_threshold='"1"'),
+            panel_yaml("b", "http://127.0.0.1:9/api/v2", max_retries=1),
+        ],
+    )
+
+    def evaluated(result) -> list[str]:
+        return [
+            e.event_specific_data.check_name
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
+
+    a = materialize(pipeline, instance, "panel_balances", "a")
+    assert a.success
+    assert evaluated(a) == ["low_balance_a"]  # b's stale (here: missing) balance is not re-reported
+    b = materialize(pipeline, instance, "panel_balances", "b", raise_on_error=False)
+    assert not b.success and evaluated(b) == []
+    checks = dg.AssetSelection.checks_for_assets("panel_balances")
+    whole = pipeline.defs().resolve_implicit_global_asset_job_def()
+    unpartitioned = whole.get_subset(
+        asset_check_selection=checks.resolve_checks(pipeline.defs().resolve_asset_graph())
+    ).execute_in_process(instance=instance, raise_on_error=False)
+    assert sorted(evaluated(unpartitioned)) == ["low_balance_a", "low_balance_b"]

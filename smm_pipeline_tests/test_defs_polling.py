@@ -8,6 +8,8 @@ import dagster as dg
 import duckdb
 import pytest
 
+from smm_pipeline.warehouse.snapshot import replica_path
+from smm_pipeline_tests.conftest import panel_yaml
 from smm_pipeline_tests.dagster_helpers import drop_and_run, event_texts, tick
 
 
@@ -42,6 +44,10 @@ def output_metadata(result: dg.ExecuteInProcessResult, step: str = "poll_due_ord
         if event.event_type_value == "STEP_OUTPUT" and event.step_key == step:
             return {k: v.value for k, v in event.event_specific_data.metadata.items()}
     raise AssertionError("no output metadata")
+
+
+def run_logs(instance, result: dg.ExecuteInProcessResult) -> str:
+    return "\n".join(r.user_message for r in instance.all_logs(result.run_id))
 
 
 def order_rows(pipeline):
@@ -96,9 +102,7 @@ def test_finished_orders_are_never_polled_again(pipeline, sim, instance):
     sim.reset_stats()
     result = poll(pipeline, instance, all_orders=True)
     assert output_metadata(result)["polled"] == 1
-    assert sim.stats()["ids_per_call"].get("status") in ([1], {"1": 1}, {1: 1}) or (
-        sim.stats()["calls"]["status"] == 1
-    )
+    assert sim.stats()["ids_per_call"]["status"] == [1]  # one call, for the one open order
 
 
 def test_250_active_orders_take_exactly_3_status_calls(pipeline, sim, instance):
@@ -170,3 +174,56 @@ def test_status_sensor_requests_and_skip_reasons(pipeline, sim, instance):
         sim.set_order(oid, status="Completed", remains=0)
     assert poll(pipeline, instance, all_orders=True).success
     assert "no unfinished orders" in tick(defs, "order_status_sensor", instance).skip_message
+
+
+def test_orders_of_a_disabled_panel_do_not_keep_the_sensor_launching_runs(pipeline, sim, instance):
+    submit(pipeline, instance, 2)
+    assert poll(pipeline, instance).success
+    # The panel is switched off in panels.yaml (another one takes over) while its two orders
+    # are still open, and time passes: they are due again.
+    pipeline.panels_file.write_text(
+        "panels:\n"
+        + panel_yaml("sim", sim.url, enabled="false")
+        + "\n"
+        + panel_yaml("live", sim.url, rate_limit_per_minute=60000)
+        + "\n"
+    )
+    with duckdb.connect(str(pipeline.db_path)) as con:
+        con.execute("UPDATE orders SET next_poll_at = now() - INTERVAL 1 HOUR")
+    sim.reset_stats()
+    result = poll(pipeline, instance)
+    assert result.success
+    assert "not enabled (not counted as open): sim (2)" in run_logs(instance, result)
+    assert sim.stats()["calls"].get("status", 0) == 0
+    skip = tick(pipeline.defs(), "order_status_sensor", instance)
+    assert not skip.run_requests
+    assert "no unfinished orders" in skip.skip_message
+
+
+def test_a_replica_that_cannot_be_published_is_a_warning_after_the_signal(pipeline, sim, instance):
+    submit(pipeline, instance, 1)
+    replica_path(pipeline.db_path).unlink()
+    replica_path(pipeline.db_path).mkdir()  # the rename over it fails
+    result = poll(pipeline, instance)
+    assert result.success
+    assert "read-only replica was not refreshed" in run_logs(instance, result)
+    materialized = [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
+    assert [e.asset_key for e in materialized] == [dg.AssetKey("orders")]
+    later = tick(pipeline.defs(), "order_status_sensor", instance)
+    assert "1 unfinished orders; the next is due at" in later.skip_message
+
+
+def test_status_sensors_never_open_duckdb(pipeline, sim, instance, monkeypatch):
+    submit(pipeline, instance, 1)
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("refills", metadata={"open_orders": 1, "next_poll_due_at": 0.0})
+    )
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a sensor opened DuckDB")
+
+    defs = pipeline.defs()
+    monkeypatch.setattr(duckdb, "connect", refuse)
+    orders = tick(defs, "order_status_sensor", instance)
+    refills = tick(defs, "refill_status_sensor", instance)
+    assert len(orders.run_requests) == 1 and len(refills.run_requests) == 1

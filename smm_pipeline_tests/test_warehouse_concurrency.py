@@ -27,6 +27,7 @@ from smm_pipeline.warehouse import (
     replica_path,
     sync_catalog,
 )
+from smm_pipeline.warehouse.migrations import MIGRATIONS
 
 _HOLDER_SCRIPT = """
 import sys, duckdb
@@ -194,5 +195,37 @@ def test_publish_replaces_the_replica_atomically_and_cleans_up(tmp_path: Path) -
     with connect_readonly(path) as conn:
         assert conn.execute("SELECT count(*) FROM services").fetchall() == [(6,)]
         versions = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
-    assert versions == [(1,), (2,)]
+    assert versions == [(m.version,) for m in MIGRATIONS]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".wal"))]
+
+
+_TRY_WRITE = """
+import sys, duckdb
+try:
+    duckdb.connect(sys.argv[1]).close()
+except duckdb.IOException as exc:
+    print("locked" if "lock" in str(exc).lower() else exc)
+else:
+    print("free")
+"""
+
+
+def test_the_replica_is_renamed_while_the_write_lock_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishers are serialised up to the rename, so an older copy never lands last."""
+    path = tmp_path / "w.duckdb"
+    _seed(path, 2)
+    seen: list[str] = []
+    real_replace = os.replace
+
+    def replace_and_probe(src, dst):
+        probe = [sys.executable, "-c", _TRY_WRITE, str(path)]
+        seen.append(subprocess.run(probe, capture_output=True, text=True).stdout.strip())
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_and_probe)
+    publish_snapshot(path)
+    assert seen == ["locked"]
+    with connect_readonly(path) as conn:
+        assert conn.execute("SELECT count(*) FROM services").fetchall() == [(2,)]

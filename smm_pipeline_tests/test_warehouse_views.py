@@ -174,8 +174,9 @@ def test_spend_daily_groups_by_currency_and_prices_each_outcome(db: Path) -> Non
     )
     assert rows == [
         (DAY_OLD, "alpha", "USD", IL, 1, "Likes A", "old", 1, D("0"), D("0")),
-        # r1 0.9 + r2 0.45 + r3 1.8 (running, panel charge) + r4 failed 0
-        (DAY0, "alpha", "USD", IL, 1, "Likes A", "spring", 4, D("3.15"), D("0")),
+        # r1 0.9 + r2 0.45 + r3 1.8 (running, panel charge); r4 failed never reached the
+        # panel, so it is not one of the orders (3, not 4)
+        (DAY0, "alpha", "USD", IL, 1, "Likes A", "spring", 3, D("3.15"), D("0")),
         (DAY0, "alpha", "EUR", IL, 2, "Likes B", None, 1, D("0.2"), D("0")),
         # r5 not polled yet: its estimate; r6 pending is not spend
         (DAY0, "alpha", "USD", IL, 2, "Likes B", None, 1, D("1.1"), D("1.1")),
@@ -188,16 +189,17 @@ def test_delivery_by_service(db: Path) -> None:
     rows = _rows(
         db,
         "SELECT panel, service_id, service_name, category, currency, orders, completed, partial, "
-        "canceled, delivered_quantity, completion_rate, median_minutes_to_start, "
+        "canceled, expired, delivered_quantity, completion_rate, median_minutes_to_start, "
         "median_minutes_to_finish, cost_per_1000_delivered FROM delivery_by_service "
         "ORDER BY panel, service_id, currency",
     )
     assert rows == [
         # r1 1000 + r2 700 + r7 0 delivered; finished charge 1.35 -> 1350 / 1700 = 0.794117647..
-        ("alpha", 1, "Likes A", IL, "USD", 4, 1, 1, 1, 1700, 0.3333, 20.0, 60.0, D("0.794118")),
-        ("alpha", 2, "Likes B", IL, "EUR", 1, 1, 0, 0, 100, 1.0, None, 15.0, D("2")),
-        ("alpha", 2, "Likes B", IL, "USD", 1, 0, 0, 0, 0, None, None, None, None),
-        ("beta", 10, "Likes", IL, "EUR", 1, 1, 0, 0, 1000, 1.0, 5.0, 30.0, D("0.8")),
+        # median to finish: r1 120 and r2 60 (the canceled r7 says nothing of speed)
+        ("alpha", 1, "Likes A", IL, "USD", 4, 1, 1, 1, 0, 1700, 0.3333, 20.0, 90.0, D("0.794118")),
+        ("alpha", 2, "Likes B", IL, "EUR", 1, 1, 0, 0, 0, 100, 1.0, None, 15.0, D("2")),
+        ("alpha", 2, "Likes B", IL, "USD", 1, 0, 0, 0, 0, 0, None, None, None, None),
+        ("beta", 10, "Likes", IL, "EUR", 1, 1, 0, 0, 0, 1000, 1.0, 5.0, 30.0, D("0.8")),
     ]
 
 
@@ -210,8 +212,10 @@ def test_provider_scorecard_compares_panels_per_category(db: Path) -> None:
     )
     assert rows == [
         # price: mean of 0.90 and 1.10 (the package and the inactive service do not count);
-        # finished r1 r2 r7 r8: 2 completed, 1 partial, 1 refilled (two refills, one done)
-        ("alpha", IL, "USD", D("1"), 3, 6, 4, 0.5, 0.25, 0.25, 0.5, 45.0),
+        # finished r1 r2 r7 r8: 2 completed, 1 partial, 1 refilled (two refills: one done, one
+        # still Pending, which is not a failure yet: success is 1 of 1 finished refill);
+        # median to finish of the delivered r1 120, r2 60, r8 15 (not the canceled r7)
+        ("alpha", IL, "USD", D("1"), 3, 6, 4, 0.5, 0.25, 0.25, 1.0, 60.0),
         ("beta", IL, "EUR", D("0.8"), 1, 1, 1, 1.0, 0.0, 0.0, None, 30.0),
         ("alpha", "YouTube Views", "USD", D("2.5"), 1, 0, 0, None, None, None, None, None),
     ]
@@ -232,14 +236,16 @@ def test_price_changes(db: Path) -> None:
 def test_balance_runway(db: Path) -> None:
     rows = _rows(
         db,
-        "SELECT panel, balance, currency, spend_7d, spend_per_day, days_left "
+        "SELECT panel, balance, currency, spend_7d, days_covered, spend_per_day, days_left "
         "FROM balance_runway ORDER BY panel",
     )
     assert rows == [
-        # last 7 days in USD: 0.9 + 0.45 + 1.8 + 0 + 1.1 = 4.25 (EUR r8 and 10-day-old r7 not)
-        ("alpha", D("50"), "USD", D("4.25"), D("0.607143"), D("82.35")),
-        ("beta", D("20"), "EUR", D("0.8"), D("0.114286"), D("175.00")),
-        ("gamma", D("7.5"), "USD", D("0"), D("0"), None),
+        # last 7 days in USD: 0.9 + 0.45 + 1.8 + 0 + 1.1 = 4.25 (EUR r8 and 10-day-old r7 not);
+        # alpha has ordered for 10 days: the whole week counts
+        ("alpha", D("50"), "USD", D("4.25"), 7, D("0.607143"), D("82.35")),
+        # beta's first order was a day ago: 2 days (yesterday and today), not 7
+        ("beta", D("20"), "EUR", D("0.8"), 2, D("0.4"), D("50.00")),
+        ("gamma", D("7.5"), "USD", D("0"), None, D("0"), None),
     ]
 
 
@@ -281,3 +287,158 @@ def test_money_div_is_exact_and_rounds_half_away_from_zero(money_conn, num, den)
 def test_money_div_by_zero_or_null_is_null(money_conn) -> None:
     assert money_conn.execute("SELECT money_div(1, 0), money_div(NULL, 2), money_div(1, NULL)")
     assert money_conn.fetchone() == (None, None, None)
+
+
+def _db_with(path: Path, services: list[dict], orders: list[dict], history=()) -> Path:
+    with connect(path) as conn:
+        _insert(conn, "services", services)
+        _insert(conn, "orders", orders)
+        _insert(
+            conn,
+            "order_status_history",
+            [
+                dict(zip(("panel", "order_id", "observed_at", "status"), h, strict=True))
+                for h in history
+            ],
+        )
+    return path
+
+
+_D = {"currency": "USD", **_SENT}
+REFUND_PACKAGE_SUBSCRIPTION_ORDERS = [
+    # Likes: canceled and refunded without a charge from the panel, completed, first seen Partial
+    _order("delta", "c1", order_id=1, service_id=22, quantity=1000, status="Canceled",
+           remains=1000, estimated_cost=D("0.5"), finished_at=T0 + _minutes(5), **_D),
+    _order("delta", "c2", order_id=2, service_id=22, quantity=1000, status="Refunded",
+           estimated_cost=D("0.5"), finished_at=T0 + _minutes(5), **_D),
+    _order("delta", "c3", order_id=3, service_id=22, quantity=1000, status="Completed",
+           charge=D("1.0"), remains=0, finished_at=T0 + _minutes(20), **_D),
+    _order("delta", "c4", order_id=4, service_id=22, quantity=1000, status="Partial",
+           charge=D("0.5"), remains=500, finished_at=T0 + _minutes(40), **_D),
+    # Packages: no quantity
+    _order("delta", "p1", order_id=5, service_id=20, status="Completed", charge=D("5"),
+           finished_at=T0 + _minutes(10), **_D),
+    _order("delta", "p2", order_id=6, service_id=20, status="Completed", charge=D("5"),
+           finished_at=T0 + _minutes(10), **_D),
+    # Subscriptions: one Expired (ran its course), one still Active and not charged yet
+    _order("delta", "s1", order_id=7, service_id=21, service_type="Subscriptions",
+           status="Expired", charge=D("2.5"), finished_at=T0 + _minutes(600), **_D),
+    _order("delta", "s2", order_id=8, service_id=21, service_type="Subscriptions",
+           status="Active", estimated_cost=D("3"), **_D),
+]  # fmt: skip
+
+
+@pytest.fixture()
+def delta(tmp_path: Path) -> Path:
+    return _db_with(
+        tmp_path / "delta.duckdb",
+        [
+            _service("delta", 20, "Pack", "Package", "Packs", "5"),
+            _service("delta", 21, "Subs", "Subscriptions", "Subs", "3"),
+            _service("delta", 22, "Likes", "Default", IL, "1"),
+        ],
+        REFUND_PACKAGE_SUBSCRIPTION_ORDERS,
+        [("delta", 3, T0 + _minutes(20), "Completed"), ("delta", 4, T0 + _minutes(40), "Partial")],
+    )
+
+
+def test_a_cancel_or_refund_without_a_charge_is_spend_zero_not_its_estimate(delta: Path) -> None:
+    rows = _rows(
+        delta,
+        "SELECT service_id, orders, charge, estimated_charge FROM spend_daily ORDER BY service_id",
+    )
+    assert rows == [
+        (20, 2, D("10"), D("0")),
+        (21, 2, D("5.5"), D("3")),  # the Active subscription's estimate, marked as one
+        (22, 4, D("1.5"), D("0")),  # c1 and c2 were refunded: 0, not 0.5 each
+    ]
+
+
+def test_packages_and_subscriptions_have_no_delivered_quantity(delta: Path) -> None:
+    rows = _rows(
+        delta,
+        "SELECT service_id, orders, completed, partial, canceled, expired, finished, "
+        "delivered_quantity, completion_rate, median_minutes_to_start, "
+        "median_minutes_to_finish, cost_per_1000_delivered FROM delivery_by_service "
+        "ORDER BY service_id",
+    )
+    assert rows == [
+        # no quantity: nothing delivered to count, no cost per 1000
+        (20, 2, 2, 0, 0, 0, 2, None, 1.0, None, 10.0, None),
+        # the Expired subscription finished and ran its course; its 600 minutes are no speed
+        (21, 2, 0, 0, 0, 1, 1, None, 1.0, None, None, None),
+        # c3 1000 + c4 500 delivered for 1.5: 1 per 1000. Started: c3 at 20, c4 first seen
+        # Partial at 40. To finish: c3 20, c4 40 (not the canceled c1 c2 at 5)
+        (22, 4, 1, 1, 2, 0, 4, 1500, 0.25, 30.0, 30.0, D("1")),
+    ]
+
+
+def test_an_expired_subscription_is_finished_in_the_scorecard(delta: Path) -> None:
+    rows = _rows(
+        delta,
+        "SELECT category, orders, finished, completion_rate, median_minutes_to_finish "
+        "FROM provider_scorecard WHERE category = 'Subs'",
+    )
+    assert rows == [("Subs", 2, 1, 1.0, None)]
+
+
+def test_sums_of_money_stay_exact_at_18_places(tmp_path: Path) -> None:
+    tiny = D("0.000000000000000001")
+    path = _db_with(
+        tmp_path / "exact.duckdb",
+        [_service("e", 1, "S", "Default", IL, "0.1234567")],
+        [
+            _order(
+                "e",
+                f"x{i}",
+                order_id=i,
+                service_id=1,
+                quantity=10,
+                status="Completed",
+                charge=D("0.123456789012345678") + i * tiny,
+                remains=0,
+                **_D,
+            )
+            for i in range(3)
+        ],  # fmt: skip
+    )
+    [(charge, spend_type)] = _rows(
+        path, "SELECT charge, typeof(charge) FROM spend_daily WHERE panel = 'e'"
+    )
+    assert charge == D("0.370370367037037037")
+    assert spend_type == "DECIMAL(38,18)"
+
+
+def test_price_changes_survive_a_value_that_is_not_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "odd.duckdb"
+    with connect(path) as conn:
+        _insert(conn, "services", [_service("o", 1, "S", "Default", IL, "1")])
+        conn.execute(
+            "INSERT INTO service_changes VALUES ('o', 1, ?, 'rate', 'n/a', '1'), "
+            "('o', 1, ?, 'rate', '1', '1.000000000000000001')",
+            [T_OLD, T0],
+        )
+    rows = _rows(path, "SELECT old_rate, new_rate, change_pct FROM price_changes ORDER BY 1")
+    assert rows == [(D("1"), D("1.000000000000000001"), D("0.00")), (None, D("1"), None)]
+
+
+_money18 = st.decimals(
+    min_value=Decimal("-1000000000"),
+    max_value=Decimal("1000000000"),
+    places=18,
+    allow_nan=False,
+    allow_infinity=False,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(num=_money18, den=_money18.filter(lambda d: d != 0))
+def test_money_div_is_exact_for_18_place_inputs(money_conn, num, den) -> None:
+    got = money_conn.execute(
+        "SELECT money_div(CAST(? AS DECIMAL(38,18)), CAST(? AS DECIMAL(38,18)))",
+        [str(num), str(den)],
+    ).fetchone()[0]
+    with localcontext() as ctx:
+        ctx.prec = 80
+        expected = (num / den).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+    assert got == expected

@@ -18,6 +18,7 @@ from smm_pipeline.operations.resolution import (
     resolve_ambiguous,
 )
 from smm_pipeline.warehouse.monitoring import (
+    STALE_PENDING_MINUTES,
     ambiguous_submissions,
     orders_on_vanished_services,
     stuck_orders,
@@ -49,8 +50,10 @@ def _result(check: str, frame, ok: str, bad: str, severity=dg.AssetCheckSeverity
         dg.AssetCheckSpec(
             "ambiguous_submissions",
             asset="orders",
-            description="Orders whose add may have reached the panel without an answer. Must "
-            "be none: resolve each with resolve_ambiguous_orders (README).",
+            description="Requests whose outcome is unknown (kind order/refill/cancel, state "
+            "ambiguous, sending, or pending for over "
+            f"{STALE_PENDING_MINUTES} minutes): they may have spent money. Must be none "
+            "(README: resolving ambiguous orders).",
         ),
         dg.AssetCheckSpec(
             "stuck_orders",
@@ -78,9 +81,11 @@ def order_checks(
             yield _result(
                 "ambiguous_submissions",
                 ambiguous_submissions(conn),
-                "no ambiguous submissions",
-                "{n} ambiguous submission(s): check each on the panel, then attach its order "
-                "id, resubmit it or abandon it with resolve_ambiguous_orders",
+                "no request with an unknown outcome",
+                "{n} request(s) with an unknown outcome: ambiguous orders: check each on the "
+                "panel, then attach, resubmit or abandon it with resolve_ambiguous_orders; "
+                "sending/pending orders: re-execute the submit_orders run of their file; "
+                "refills/cancels: check the order on the panel and drop a new file if needed",
             )
         if "stuck_orders" in selected:
             yield _result(

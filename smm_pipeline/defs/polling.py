@@ -2,27 +2,40 @@
 
 The sensor stays cheap: it reads the latest `orders` materialization's metadata from the Dagster
 instance (every writer of `orders` reports how many orders are open and when the next is due)
-and never opens DuckDB or calls a panel.
+and never opens DuckDB or calls a panel. Only enabled panels' orders count as open: a disabled
+panel's orders are never polled, so counting them would launch a run every tick forever.
 """
 
 import time
+from collections.abc import Collection
 from datetime import datetime
 
 import dagster as dg
+import duckdb
 
 from smm_pipeline.defs.metadata import markdown_table
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
 from smm_pipeline.operations.polling import poll_orders
+from smm_pipeline.warehouse.db import WarehouseError
 from smm_pipeline.warehouse.status import Cadence, open_summary
 
 POLL_ALL_TAG = "smm/poll"
 ORDERS_KEY = dg.AssetKey("orders")
 
 
-def orders_materialization(warehouse: WarehouseResource, description: str, **metadata):
-    """An `orders` materialization carrying what the status sensor needs."""
+def orders_materialization(
+    warehouse: WarehouseResource,
+    description: str,
+    *,
+    enabled: Collection[str] | None = None,
+    **metadata,
+):
+    """An `orders` materialization carrying what the status sensor needs.
+
+    Pass `enabled` (the enabled panels' names): open orders of other panels are never polled,
+    so counting them would make the sensor launch a run every tick forever."""
     with warehouse.connect() as conn:
-        open_orders, next_due = open_summary(conn)
+        open_orders, next_due = open_summary(conn, enabled)
     return dg.AssetMaterialization(
         asset_key=ORDERS_KEY,
         description=description,
@@ -33,6 +46,15 @@ def orders_materialization(warehouse: WarehouseResource, description: str, **met
             "next_poll_due": dg.MetadataValue.text(next_due.isoformat() if next_due else "none"),
         },
     )
+
+
+def publish_replica(context: dg.OpExecutionContext, warehouse: WarehouseResource) -> None:
+    """Refresh the analysts' replica; a failure (the live file held too long, a full disk) is a
+    warning: the run's writes are committed and the next run publishes again."""
+    try:
+        warehouse.publish()
+    except (WarehouseError, duckdb.Error, OSError) as exc:
+        context.log.warning(f"the read-only replica was not refreshed this time: {exc}")
 
 
 @dg.op(pool="duckdb", description="Poll every due unfinished order (all with tag smm/poll=all).")
@@ -48,20 +70,23 @@ def poll_due_orders(
         report = poll_orders(
             warehouse.db_path, clients, cadence, poll_all=poll_all, progress=context.log.info
         )
-    warehouse.publish()
     context.log.info(
         f"polled {report.polled} of {report.open_before} open orders in {report.calls} calls "
         f"({report.calls_saved} fewer than polling every open order), {report.changed} changed"
     )
+    # The sensor's signal first: a replica that cannot be published must not lose it.
     context.log_event(
         orders_materialization(
             warehouse,
             "status poll",
+            enabled=settings.panel_names,
             polled=report.polled,
             changed=report.changed,
             status_calls=report.calls,
+            open_on_disabled_panels=sum(report.disabled_open.values()),
         )
     )
+    publish_replica(context, warehouse)
     context.add_output_metadata(
         {
             "mode": "all unfinished" if poll_all else "due only",

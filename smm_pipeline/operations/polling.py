@@ -1,5 +1,8 @@
 """Poll every due order's status: 100 ids a call, panels and chunks concurrently within each
-panel's limits, then one set-based write of everything that was observed."""
+panel's limits, then one set-based write of everything that was observed.
+
+Only the panels that have a client (the enabled ones) are polled and counted as open; open
+orders of a disabled or removed panel are logged each run and left as they are."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from smm_pipeline.warehouse.status import (
     Cadence,
     apply_observations,
     due_orders,
+    open_by_panel,
     open_summary,
 )
 
@@ -40,6 +44,7 @@ class PollReport:
     open_after: int = 0
     next_due_at: datetime | None = None
     failed_panels: dict[str, str] = field(default_factory=dict)
+    disabled_open: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -79,22 +84,20 @@ def poll_orders(
     now = datetime.now(UTC)
     with connect(db_path) as conn:
         due = due_orders(conn, now, poll_all=poll_all)
-        report.open_before, _ = open_summary(conn)
-        open_by_panel = dict(
-            conn.execute(
-                "SELECT panel, count(*) FROM orders WHERE submit_state = 'submitted' AND "
-                "order_id IS NOT NULL AND coalesce(status, '') NOT IN "
-                "('Completed', 'Partial', 'Canceled', 'Refunded', 'Expired') GROUP BY panel"
-            ).fetchall()
-        )
+        report.open_before, _ = open_summary(conn, clients)
+        open_counts = open_by_panel(conn)
+    due = due[due["panel"].isin(list(clients))]
     report.due = len(due)
     report.fixed_interval_calls = sum(
-        math.ceil(n / MAX_IDS_PER_CALL) for p, n in open_by_panel.items() if p in clients
+        math.ceil(n / MAX_IDS_PER_CALL) for p, n in open_counts.items() if p in clients
     )
+    report.disabled_open = {p: n for p, n in sorted(open_counts.items()) if p not in clients}
+    if report.disabled_open:
+        progress(
+            "not polling open orders of panels that are not enabled (not counted as open): "
+            + ", ".join(f"{p} ({n})" for p, n in report.disabled_open.items())
+        )
     by_panel = {p: list(f["order_id"]) for p, f in due.groupby("panel")} if len(due) else {}
-    skipped = sorted(set(by_panel) - set(clients))
-    if skipped:
-        progress(f"not polling panels that are not enabled: {', '.join(skipped)}")
     started = time.perf_counter()
     calls_before = sum(c.total_calls for c in clients.values())
 
@@ -108,7 +111,7 @@ def poll_orders(
         progress(f"{panel}: {len(statuses)} statuses in {client.total_calls - before} calls")
         return observations_frame(panel, statuses)
 
-    panels = [p for p in by_panel if p in clients]
+    panels = list(by_panel)
     frames = []
     with ThreadPoolExecutor(max_workers=max(1, len(panels))) as pool:
         for panel, result in zip(panels, pool.map(one, panels), strict=True):
@@ -124,7 +127,7 @@ def poll_orders(
     write_started = time.perf_counter()
     with connect(db_path) as conn:
         report.changed, report.item_errors = apply_observations(conn, observed, now, cadence)
-        report.open_after, report.next_due_at = open_summary(conn)
+        report.open_after, report.next_due_at = open_summary(conn, clients)
     report.write_seconds = time.perf_counter() - write_started
     if len(observed):
         report.statuses = observed["status"].fillna("(error)").value_counts().sort_index().to_dict()

@@ -49,6 +49,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", INITIAL_SCHEMA),
     Migration(2, "analytics_views", create_views),
     Migration(3, "exact_money", _widen_money),
+    # Views at the stored money type; refunds, deliveries, medians and runway fixed (views.py).
+    Migration(4, "analytics_views_v2", create_views),
 )
 
 _LEDGER = """

@@ -50,7 +50,7 @@ def publish_snapshot(db_path: Path | str, *, lock_timeout: float = DEFAULT_LOCK_
     """Copy the warehouse into its replica atomically and return the replica's path.
 
     Call after each run that wrote the warehouse; it takes the write lock (waiting for it
-    like any writer) for the duration of the copy only.
+    like any writer) for the copy and the rename, so publishers are serialised end to end.
     """
     db_path = Path(db_path)
     target = replica_path(db_path)
@@ -67,9 +67,11 @@ def publish_snapshot(db_path: Path | str, *, lock_timeout: float = DEFAULT_LOCK_
                 conn.execute(f"CHECKPOINT {alias}")
             finally:
                 conn.execute(f"DETACH {alias}")
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
+            # Still under the write lock: a slower publisher's older copy can never land
+            # after a newer one.
+            with open(temp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
     finally:
         _remove_quietly(temp)
         _remove_quietly(temp.with_name(temp.name + ".wal"))

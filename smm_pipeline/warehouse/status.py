@@ -4,17 +4,23 @@ Cadence: after each poll an order is due again after a quarter of the time it ha
 unchanged (or, never changed, of its age), clamped to [min, max] minutes. A fresh or just-moved
 order is polled every few minutes; one stuck for a day, every few hours. Finished orders
 (Completed, Partial, Canceled, Refunded; subscriptions also Expired) are never polled again.
+
+A final Canceled or Refunded answer without a charge clears the stored charge: the panel gave
+the money back, so an older full charge must not be kept over it (the views count it 0).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
 import pandas as pd
 
+# The one definition of a finished order: every warehouse query and the views import it.
 FINISHED_STATUSES = ("Completed", "Partial", "Canceled", "Refunded", "Expired")
+REFUNDED_STATUSES = ("Canceled", "Refunded")
 _OPEN = f"""
     submit_state = 'submitted' AND order_id IS NOT NULL
     AND coalesce(status, '') NOT IN {FINISHED_STATUSES}
@@ -23,6 +29,44 @@ OBSERVATION_COLUMNS = [
     "panel", "order_id", "status", "raw_status", "charge", "start_count", "remains",
     "currency", "error", "subscription_expiry", "subscription_posts", "subscription_orders",
 ]  # fmt: skip
+
+
+# What each observation makes of an order: an item error keeps the stored values; a value the
+# panel left out keeps the stored one, except the charge of a final Canceled/Refunded, which
+# the panel refunded (NULL: the views count it 0). `changed` compares these effective values,
+# so a panel that omits a field does not look like a change on every poll.
+_EFFECTIVE_OBSERVATIONS = f"""
+CREATE OR REPLACE TEMP TABLE _obs AS
+WITH r AS (
+    SELECT panel, CAST(order_id AS BIGINT) AS order_id, status, raw_status,
+           CAST(charge AS DECIMAL(38,18)) AS charge, CAST(start_count AS BIGINT) AS start_count,
+           CAST(remains AS BIGINT) AS remains, currency, error, subscription_expiry,
+           CAST(subscription_posts AS BIGINT) AS subscription_posts, subscription_orders
+    FROM _obs_raw
+),
+e AS (
+    SELECT r.panel, r.order_id, r.raw_status, r.currency, r.error, r.subscription_expiry,
+           r.subscription_posts, r.subscription_orders,
+           o.status AS old_status, o.charge AS old_charge, o.start_count AS old_start_count,
+           o.remains AS old_remains,
+           CASE WHEN r.error IS NULL THEN r.status ELSE o.status END AS status,
+           CASE WHEN r.error IS NOT NULL THEN o.charge
+                WHEN r.charge IS NULL AND r.status IN {REFUNDED_STATUSES} THEN NULL
+                ELSE coalesce(r.charge, o.charge) END AS charge,
+           CASE WHEN r.error IS NULL THEN coalesce(r.start_count, o.start_count)
+                ELSE o.start_count END AS start_count,
+           CASE WHEN r.error IS NULL THEN coalesce(r.remains, o.remains)
+                ELSE o.remains END AS remains
+    FROM r JOIN orders o ON o.panel = r.panel AND o.order_id = r.order_id
+)
+SELECT panel, order_id, status, raw_status, charge, start_count, remains, currency, error,
+       subscription_expiry, subscription_posts, subscription_orders,
+       (error IS NULL AND (old_status IS DISTINCT FROM status
+                           OR old_charge IS DISTINCT FROM charge
+                           OR old_start_count IS DISTINCT FROM start_count
+                           OR old_remains IS DISTINCT FROM remains)) AS changed
+FROM e
+"""
 
 
 @dataclass(frozen=True)
@@ -42,12 +86,27 @@ def due_orders(
     ).df()
 
 
-def open_summary(conn: duckdb.DuckDBPyConnection) -> tuple[int, datetime | None]:
-    """How many orders are unfinished, and when the next one is due."""
+def open_summary(
+    conn: duckdb.DuckDBPyConnection, panels: Collection[str] | None = None
+) -> tuple[int, datetime | None]:
+    """How many orders are unfinished, and when the next one is due: of `panels` only when
+    given (the enabled ones: a disabled panel's orders are never polled, so counting them
+    would keep the status sensor launching runs that poll nothing)."""
+    where, params = _OPEN, []
+    if panels is not None:
+        where += " AND list_contains(?, panel)"
+        params.append(sorted(panels))
     count, next_due = conn.execute(
-        f"SELECT count(*), min(coalesce(next_poll_at, submitted_at)) FROM orders WHERE {_OPEN}"
+        f"SELECT count(*), min(coalesce(next_poll_at, submitted_at)) FROM orders WHERE {where}",
+        params,
     ).fetchall()[0]
     return int(count), next_due
+
+
+def open_by_panel(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Unfinished orders per panel."""
+    rows = conn.execute(f"SELECT panel, count(*) FROM orders WHERE {_OPEN} GROUP BY panel")
+    return {panel: int(n) for panel, n in rows.fetchall()}
 
 
 def apply_observations(
@@ -61,23 +120,7 @@ def apply_observations(
     obs = observations[OBSERVATION_COLUMNS].copy()
     conn.register("_obs_raw", obs)
     try:
-        conn.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE _obs AS
-            SELECT r.panel, CAST(r.order_id AS BIGINT) AS order_id, r.status, r.raw_status,
-                   CAST(r.charge AS DECIMAL(38,18)) AS charge,
-                   CAST(r.start_count AS BIGINT) AS start_count,
-                   CAST(r.remains AS BIGINT) AS remains, r.currency, r.error,
-                   r.subscription_expiry, CAST(r.subscription_posts AS BIGINT)
-                       AS subscription_posts, r.subscription_orders,
-                   (r.error IS NULL AND (
-                       o.status IS DISTINCT FROM r.status
-                       OR o.charge IS DISTINCT FROM CAST(r.charge AS DECIMAL(38,18))
-                       OR o.start_count IS DISTINCT FROM CAST(r.start_count AS BIGINT)
-                       OR o.remains IS DISTINCT FROM CAST(r.remains AS BIGINT))) AS changed
-            FROM _obs_raw r JOIN orders o ON o.panel = r.panel AND o.order_id = r.order_id
-            """
-        )
+        conn.execute(_EFFECTIVE_OBSERVATIONS)
     finally:
         conn.unregister("_obs_raw")
     conn.execute(
@@ -92,14 +135,11 @@ def apply_observations(
     conn.execute(
         f"""
         UPDATE orders SET
-            status = CASE WHEN b.error IS NULL THEN b.status ELSE orders.status END,
+            status = b.status,
             raw_status = coalesce(b.raw_status, orders.raw_status),
-            charge = CASE WHEN b.error IS NULL THEN coalesce(b.charge, orders.charge)
-                          ELSE orders.charge END,
-            start_count = CASE WHEN b.error IS NULL THEN coalesce(b.start_count,
-                                orders.start_count) ELSE orders.start_count END,
-            remains = CASE WHEN b.error IS NULL THEN coalesce(b.remains, orders.remains)
-                           ELSE orders.remains END,
+            charge = b.charge,
+            start_count = b.start_count,
+            remains = b.remains,
             currency = coalesce(b.currency, orders.currency),
             subscription_expiry = coalesce(b.subscription_expiry, orders.subscription_expiry),
             subscription_posts = coalesce(b.subscription_posts, orders.subscription_posts),
