@@ -13,6 +13,7 @@ from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.orders import (
     SubmitOutcome,
     file_rows,
+    mark_sending,
     pending_rows,
     record_outcomes,
     record_pending,
@@ -70,3 +71,16 @@ def test_reads_are_exact_and_failed_refs_go_back_to_pending(tmp_path: Path):
         assert kept == {"b": "submitted", "c": "ambiguous"}
         assert pending_rows(conn, "h2")["ref"].tolist() == ["a"]
         assert conn.execute("SELECT count(*) FROM orders").fetchall() == [(3,)]
+
+
+def test_a_claim_returns_only_the_rows_it_flagged(tmp_path: Path):
+    """Only rows this claim moved from pending to sending may be sent: a row another run
+    claimed first, or one already answered, is not returned a second time."""
+    with connect(tmp_path / "w.duckdb") as conn:
+        record_pending(conn, outbox(["a", "b", "c"], "one.csv", "h1"), datetime.now(UTC))
+        assert mark_sending(conn, "sim", ["a"]) == {"a"}
+        assert mark_sending(conn, "sim", ["a", "b", "zz"]) == {"b"}
+        assert mark_sending(conn, "other", ["c"]) == set()
+        assert mark_sending(conn, "sim", []) == set()
+        states = dict(conn.execute("SELECT ref, submit_state FROM orders").fetchall())
+    assert states == {"a": "sending", "b": "sending", "c": "pending"}

@@ -155,7 +155,9 @@ def resolve_ambiguous_rows(
         except ResolutionRefused as refused:
             raise dg.Failure(str(refused)) from None
     warehouse.publish()
-    context.log_event(orders_materialization(warehouse, "ambiguous orders resolved"))
+    context.log_event(
+        orders_materialization(warehouse, "ambiguous orders resolved", enabled=settings.panel_names)
+    )
     for (panel, ref), message in report.errors.items():
         context.log.error(f"{panel}/{ref}: {message}")
     context.add_output_metadata(

@@ -108,6 +108,7 @@ def report_order_file(
         orders_materialization(
             warehouse,
             f"order file {prepared.file_name}",
+            enabled=settings.panel_names,
             file=prepared.file_name,
             submitted=summary.submitted,
             ambiguous=summary.ambiguous,

@@ -27,13 +27,13 @@ def orders_materialization(
     warehouse: WarehouseResource,
     description: str,
     *,
-    enabled: Collection[str] | None = None,
+    enabled: Collection[str],
     **metadata,
 ):
     """An `orders` materialization carrying what the status sensor needs.
 
-    Pass `enabled` (the enabled panels' names): open orders of other panels are never polled,
-    so counting them would make the sensor launch a run every tick forever."""
+    `enabled` are the enabled panels' names: open orders of other panels are never polled, so
+    counting them would make the sensor launch a run every tick forever."""
     with warehouse.connect() as conn:
         open_orders, next_due = open_summary(conn, enabled)
     return dg.AssetMaterialization(

@@ -132,7 +132,11 @@ def request_refill_file(
     )
     if summary.status_refreshed:
         context.log_event(
-            orders_materialization(warehouse, f"statuses refreshed for {summary.file_name}")
+            orders_materialization(
+                warehouse,
+                f"statuses refreshed for {summary.file_name}",
+                enabled=settings.panel_names,
+            )
         )
     context.add_output_metadata(_file_metadata(summary))
 
@@ -186,6 +190,7 @@ def cancel_order_file(
         orders_materialization(
             warehouse,
             f"cancel file {summary.file_name}",
+            enabled=settings.panel_names,
             cancels_accepted=summary.count("accepted"),
         )
     )

@@ -20,8 +20,9 @@ from smm_pipeline.operations.refills import (
     order_problem,
 )
 from smm_pipeline.panel.client import PanelClient
+from smm_pipeline.panel.statuses import FINISHED_STATUSES
 from smm_pipeline.warehouse.refills import cancel_state, record_cancel_outcomes
-from smm_pipeline.warehouse.status import FINISHED_STATUSES, Cadence
+from smm_pipeline.warehouse.status import Cadence
 
 log = logging.getLogger(__name__)
 

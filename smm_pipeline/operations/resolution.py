@@ -133,8 +133,8 @@ def _send(
     with connect(db_path) as conn:
         rows = pending_keys(conn, keys)
         for panel, frame in rows.groupby("panel", sort=True) if len(rows) else []:
-            records = frame.to_dict("records")
-            mark_sending(conn, panel, [r["ref"] for r in records])
+            flagged = mark_sending(conn, panel, list(frame["ref"]))
+            records = [r for r in frame.to_dict("records") if r["ref"] in flagged]
             outcomes = _add_each(panel, clients[panel], records)
             record_outcomes(conn, outcomes)
             for outcome in outcomes:

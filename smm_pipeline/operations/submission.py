@@ -178,11 +178,12 @@ class _PanelBatch:
         if self.closed or self.stop.is_set():
             return
         batch = self.rows[self.claimed : self.claimed + self.size]
-        mark_sending(conn, self.panel, [r.ref for r in batch])
+        flagged = mark_sending(conn, self.panel, [r.ref for r in batch])
         self.claimed += len(batch)
-        self.open += len(batch)
         for row in batch:
-            self._ready.put(row)
+            if row.ref in flagged:  # a row someone else claimed meanwhile is theirs to send
+                self.open += 1
+                self._ready.put(row)
         if self.claimed == len(self.rows):
             self.close()
 

@@ -11,7 +11,9 @@ ORDER_STATUSES = (
     "Canceled",
     "Refunded",
 )
-FINISHED_STATUSES = frozenset({"Completed", "Partial", "Canceled", "Refunded"})
+# The one definition of a finished order (subscriptions end Expired): never polled again.
+# A tuple, so that SQL can use its repr as an IN list.
+FINISHED_STATUSES = ("Completed", "Partial", "Canceled", "Refunded", "Expired")
 
 REFILL_STATUSES = ("Pending", "In progress", "Processing", "Completed", "Rejected", "Canceled")
 FINISHED_REFILL_STATUSES = frozenset({"Completed", "Rejected", "Canceled"})

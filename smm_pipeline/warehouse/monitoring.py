@@ -1,6 +1,6 @@
 """Queries behind the operator's checks: what needs a human's eye right now.
 
-Finished means `FINISHED_STATUSES` (status.py), the one definition the poller uses too.
+Finished means `FINISHED_STATUSES` (panel/statuses.py), the one definition the poller uses too.
 
 `ambiguous_submissions` lists every request whose outcome is unknown and may have spent money or
 changed something on a panel, one row each with its `kind` and `state`:
@@ -25,7 +25,7 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from smm_pipeline.warehouse.status import FINISHED_STATUSES
+from smm_pipeline.panel.statuses import FINISHED_STATUSES
 
 STALE_PENDING_MINUTES = 30
 

@@ -155,15 +155,22 @@ def pending_keys(conn: duckdb.DuckDBPyConnection, keys: Sequence[tuple[str, str]
     return pd.DataFrame(rows, columns=PENDING_COLUMNS, dtype=object)
 
 
-def mark_sending(conn: duckdb.DuckDBPyConnection, panel: str, refs: Sequence[str]) -> None:
-    """Durably flag rows as possibly in flight, before their requests leave."""
-    conn.execute(
+def mark_sending(conn: duckdb.DuckDBPyConnection, panel: str, refs: Sequence[str]) -> set[str]:
+    """Durably flag rows as possibly in flight, before their requests leave.
+
+    Returns the refs this call flagged: only those may be sent. A ref that is no longer
+    `pending` (another run claimed it, an operator resolved it) is not returned."""
+    if not refs:
+        return set()
+    rows = conn.execute(
         """
         UPDATE orders SET submit_state = 'sending'
-        WHERE panel = ? AND submit_state = 'pending' AND list_contains(?, ref)
+        WHERE panel = ? AND submit_state = 'pending' AND ref IN (SELECT unnest(?))
+        RETURNING ref
         """,
         [panel, list(refs)],
-    )
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 @dataclass(frozen=True)

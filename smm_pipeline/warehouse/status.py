@@ -18,8 +18,8 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
-# The one definition of a finished order: every warehouse query and the views import it.
-FINISHED_STATUSES = ("Completed", "Partial", "Canceled", "Refunded", "Expired")
+from smm_pipeline.panel.statuses import FINISHED_STATUSES
+
 REFUNDED_STATUSES = ("Canceled", "Refunded")
 _OPEN = f"""
     submit_state = 'submitted' AND order_id IS NOT NULL

@@ -41,9 +41,8 @@ from __future__ import annotations
 
 import duckdb
 
-from smm_pipeline.panel.statuses import FINISHED_REFILL_STATUSES
+from smm_pipeline.panel.statuses import FINISHED_REFILL_STATUSES, FINISHED_STATUSES
 from smm_pipeline.warehouse.schema import MONEY_TYPE
-from smm_pipeline.warehouse.status import FINISHED_STATUSES
 
 RUNWAY_DAYS = 7  # balance_runway's spend window
 FINISHED_REFILLS = tuple(sorted(FINISHED_REFILL_STATUSES))
