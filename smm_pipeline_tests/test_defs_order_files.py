@@ -244,6 +244,14 @@ def test_resolutions_that_cannot_apply_change_nothing(pipeline, sim, instance):
     )
     assert not clash.success
     assert f"order {held} is already attached to ref 'a-1' on panel 'sim'" in event_texts(clash)
+    typo = resolve(
+        pipeline, instance, [{"panel": "sim", "ref": "a-2", "action": "attach", "order_id": 99999}]
+    )
+    assert not typo.success
+    assert (
+        "the panel does not know order 99999 (Incorrect order ID): check the id on the "
+        "panel's website" in event_texts(typo)
+    )
     sim.set_balance("0.05")  # a-2 costs 0.09
     poor = resolve(pipeline, instance, [{"panel": "sim", "ref": "a-2", "action": "resubmit"}])
     assert not poor.success

@@ -146,7 +146,7 @@ def resolve_ambiguous_rows(
         raise dg.Failure(f"unknown action {bad[0].action!r}: use one of {', '.join(ACTIONS)}")
     wanted = [Resolution(r.panel, r.ref, r.action, r.order_id) for r in config.resolutions]
     settings = panels.settings()
-    needed = {r.panel for r in wanted if r.action == "resubmit"}
+    needed = {r.panel for r in wanted if r.action in ("resubmit", "attach")}
     with panels.clients(settings, only=needed) as clients:
         try:
             report = resolve_ambiguous(

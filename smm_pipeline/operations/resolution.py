@@ -87,6 +87,39 @@ def _attach_errors(
     return errors
 
 
+def _unknown_orders(
+    resolutions: Sequence[Resolution], clients: Mapping[str, PanelClient]
+) -> dict[tuple[str, str], str]:
+    """An attached order id must be one the panel knows: a typo would otherwise attach a
+    stranger's order (or none) and the row would be polled as 'Incorrect order ID' forever.
+    One multi-status call per panel (100 ids a call) checks them all."""
+    wanted: dict[str, list[Resolution]] = {}
+    for r in resolutions:
+        if r.action == "attach" and r.order_id is not None:
+            wanted.setdefault(r.panel, []).append(r)
+    errors: dict[tuple[str, str], str] = {}
+    for panel, items in sorted(wanted.items()):
+        client = clients.get(panel)
+        if client is None:
+            errors.update({(panel, r.ref): f"panel {panel!r} is not enabled in panels.yaml; "
+                           "cannot check the order id" for r in items})  # fmt: skip
+            continue
+        try:
+            statuses = client.statuses([r.order_id for r in items])
+        except PanelError as exc:
+            errors.update({(panel, r.ref): f"could not check order {r.order_id} on the panel "
+                           f"({exc.message}); try again later" for r in items})  # fmt: skip
+            continue
+        for r in items:
+            status = statuses[r.order_id]
+            if status.error is not None and status.raw_status is None:
+                errors[(panel, r.ref)] = (
+                    f"the panel does not know order {r.order_id} ({status.error}): "
+                    "check the id on the panel's website"
+                )
+    return errors
+
+
 def _budget_errors(
     conn: duckdb.DuckDBPyConnection,
     settings: Settings,
@@ -167,8 +200,10 @@ def resolve_ambiguous(
     report = ResolveReport()
     resubmit = [(r.panel, r.ref) for r in resolutions if r.action == "resubmit"]
     with connect(db_path) as conn:
-        refused = _attach_errors(conn, resolutions) | _budget_errors(
-            conn, settings, resubmit, clients
+        refused = (
+            _unknown_orders(resolutions, clients)
+            | _attach_errors(conn, resolutions)
+            | _budget_errors(conn, settings, resubmit, clients)
         )
         report.errors = resolve_rows(
             conn,
