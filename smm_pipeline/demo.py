@@ -27,6 +27,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
 
@@ -347,10 +348,20 @@ def query_frame(
     """A query's rows as a DataFrame that keeps money exact.
 
     DuckDB's own `.df()` turns DECIMAL into float64; built from `fetchall()` instead, money
-    columns hold `Decimal` values (convert to float only to draw a chart)."""
+    columns hold `Decimal` values (convert to float only to draw a chart). The warehouse keeps
+    18 decimal places; the values are shown without the trailing zeros (same value)."""
     cursor = conn.execute(sql, params or [])
     columns = [d[0] for d in cursor.description]
-    return pd.DataFrame(cursor.fetchall(), columns=columns)
+    rows = [tuple(_tidy(v) if isinstance(v, Decimal) else v for v in r) for r in cursor.fetchall()]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _tidy(amount: Decimal) -> Decimal:
+    """The same amount without trailing zeros (`1.050000` → `1.05`, `1E+2` → `100`)."""
+    if amount.is_zero():
+        return Decimal(0)
+    tidy = amount.normalize()
+    return tidy if tidy.as_tuple().exponent <= 0 else tidy.quantize(Decimal(1))
 
 
 def read_views(db_path: Path | str) -> dict[str, pd.DataFrame]:

@@ -16,7 +16,7 @@ import pytest
 from nbclient import NotebookClient
 
 from smm_pipeline.config import PROJECT_ROOT
-from smm_pipeline.demo import ANALYTICS_VIEWS, main, read_views
+from smm_pipeline.demo import ANALYTICS_VIEWS, main, query_frame, read_views
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "analytics.ipynb"
 HEADERS = {
@@ -137,3 +137,19 @@ def test_notebook_runs_top_to_bottom_on_the_demo_warehouse(demo, monkeypatch):
     assert len(images) >= 6
     tables = [out["data"]["text/plain"] for out in outputs if "text/plain" in out.get("data", {})]
     assert any("next_order_to" in table for table in tables)
+
+
+def test_query_frame_keeps_money_exact_without_the_warehouse_trailing_zeros(tmp_path):
+    """DECIMAL(38,18) amounts come back as the same Decimal, shown as `1.05`, not
+    `1.050000000000000000`; zero is plain 0."""
+    with duckdb.connect(str(tmp_path / "q.duckdb")) as con:
+        frame = query_frame(
+            con,
+            "SELECT CAST(x AS DECIMAL(38,18)) AS amount FROM (VALUES ('1.05'), ('10'), "
+            "('0.000000000000000001'), ('-0'), ('123456789012.5')) t(x)",
+        )
+    shown = [str(v) for v in frame["amount"]]
+    assert shown == ["1.05", "10", "1E-18", "0", "123456789012.5"]
+    assert list(frame["amount"]) == [
+        Decimal("1.05"), Decimal(10), Decimal("1E-18"), Decimal(0), Decimal("123456789012.5")
+    ]  # fmt: skip
