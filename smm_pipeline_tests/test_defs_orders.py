@@ -119,6 +119,10 @@ def test_every_service_type_end_to_end(pipeline, sim, instance):
     ]
     orders_meta = [m for m in materializations if m.asset_key == dg.AssetKey("orders")][-1]
     assert orders_meta.metadata["open_orders"].value == 17
+    tags = instance.get_run_by_id(result.run_id).tags
+    assert tags["smm/file"] == "all_types.csv" and tags["smm/rows"] == "17"
+    assert (tags["smm/submitted"], tags["smm/failed"], tags["smm/ambiguous"]) == ("17", "0", "0")
+    assert Decimal(tags["smm/estimated_spend"]) == sum(r[3] for r in rows)
 
 
 def test_redrop_rename_and_repeated_ref_submit_nothing_new(pipeline, sim, instance):

@@ -119,7 +119,7 @@ def rejection_failure(rejected: FileRejected) -> dg.Failure:
         metadata={
             "file": rejected.file_name,
             "errors": len(rejected.errors),
-            "errors_file": str(rejected.errors_file),
+            "errors_file": dg.MetadataValue.path(str(rejected.errors_file)),
             "first_errors": frame_preview(rejected.preview_frame()),
         },
     )

@@ -9,6 +9,8 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from smm_pipeline.panel.order_types import format_money
+
 
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
@@ -36,7 +38,9 @@ def frame_preview(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
 
 
 def money(amount: Decimal | None, currency: str | None = None) -> dg.MetadataValue:
-    """Money as exact text (metadata floats would round it)."""
+    """Money as exact text (metadata floats would round it): every significant place, at least
+    two (`1000.00`, `0.27`, `0.0024`), never the warehouse's 18-place trailing zeros."""
     if amount is None:
         return dg.MetadataValue.text("n/a")
-    return dg.MetadataValue.text(f"{amount:f} {currency or ''}".strip())
+    whole, _, places = format_money(amount).partition(".")
+    return dg.MetadataValue.text(f"{whole}.{places.ljust(2, '0')} {currency or ''}".strip())

@@ -117,7 +117,7 @@ def report_order_file(
     context.add_output_metadata(
         {
             "file": prepared.file_name,
-            "results_file": str(summary.results_file),
+            "results_file": dg.MetadataValue.path(str(summary.results_file)),
             "results_written": summary.written,
             "rows": summary.rows,
             "submitted": summary.submitted,
@@ -128,6 +128,17 @@ def report_order_file(
             "actual_spend": dg.MetadataValue.md(summary.actual_spend_markdown()),
             "results": frame_preview(summary.results),
         }
+    )
+    # The outcome on the run itself, so the Runs list shows it beside the file's tags.
+    context.instance.add_run_tags(
+        context.run_id,
+        {
+            "smm/submitted": str(summary.submitted),
+            "smm/failed": str(summary.failed),
+            "smm/ambiguous": str(summary.ambiguous),
+            "smm/skipped": str(summary.skipped),
+            "smm/estimated_spend": money(summary.estimated_spend).value,
+        },
     )
     if summary.ambiguous:
         context.log.warning(

@@ -78,7 +78,7 @@ def refills_materialization(
 def _file_metadata(summary: ActionFileSummary) -> dict:
     return {
         "file": summary.file_name,
-        "results_file": str(summary.results_file),
+        "results_file": dg.MetadataValue.path(str(summary.results_file)),
         "rows": len(summary.outcomes),
         **{f"rows_{state}": n for state, n in summary.counts.items()},
         "already_processed": summary.already_processed,
