@@ -21,7 +21,10 @@ from smm_pipeline.intake.reports import errors_report_path, write_errors_csv
 from smm_pipeline.intake.row_errors import RowError
 
 KINDS = ("orders", "refills", "cancels")
-SETTLE_SECONDS = 5.0
+# A file untouched this long is taken as complete at first sight (it was written elsewhere and
+# moved in). Long, because a writer that stalls longer mid-file would be read half-written; a
+# fresher file simply waits for the sensor's next look (15 s) to find it unchanged.
+SETTLE_SECONDS = 30.0
 _PARTIAL_SUFFIXES = (".tmp", ".part", ".crdownload", ".partial", "~")
 
 
