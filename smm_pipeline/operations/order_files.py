@@ -41,7 +41,7 @@ from smm_pipeline.intake.reports import (
     write_results_csv,
 )
 from smm_pipeline.intake.row_errors import RowError
-from smm_pipeline.operations.catalog import CatalogRefresh, refresh_catalog
+from smm_pipeline.operations.catalog import CatalogRefresh, refresh_balance, refresh_catalog
 from smm_pipeline.operations.inbox import (
     FileRejected,
     Folders,
@@ -52,7 +52,6 @@ from smm_pipeline.operations.inbox import (
 )
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.errors import PanelError
-from smm_pipeline.warehouse.balances import record_balance
 from smm_pipeline.warehouse.catalog import catalog_age, load_catalog
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.orders import (
@@ -159,12 +158,10 @@ def _balances(
     balances: dict[str, tuple[Decimal, str]] = {}
     for panel in panels:
         try:
-            balance = clients[panel].balance()
+            balance = refresh_balance(clients[panel], db_path)
         except PanelError as exc:
             log(f"{panel}: balance not available ({exc.message}); actual spend will be n/a")
             continue
-        with connect(db_path) as conn:
-            record_balance(conn, panel, balance, datetime.now(UTC))
         balances[panel] = (balance.balance, balance.currency)
     return balances
 
@@ -282,15 +279,13 @@ def prepare_order_file(
             if age is None or age > max_age:
                 refreshes.append(refresh_catalog(client, db_path))
                 log(f"{panel}: catalog refreshed ({refreshes[-1].result.services} services)")
-            balance = client.balance()
+            balance = refresh_balance(client, db_path)
         except PanelError as exc:
             problems.append(
                 RowError(0, "batch", f"panel {panel!r} could not be reached ({exc.message}); "
                          "nothing was submitted: drop the file again later")
             )  # fmt: skip
             continue
-        with connect(db_path) as conn:
-            record_balance(conn, panel, balance, datetime.now(UTC))
         balances[panel] = (balance.balance, balance.currency)
     if problems:
         raise _reject(settings, db_path, source, file_hash, problems)
@@ -466,23 +461,20 @@ def finish_order_file(
         write_results_csv(results_file, results)
 
     actual: dict[str, tuple[Decimal, str]] = {}
-    now = datetime.now(UTC)
     for panel, (before, currency) in prepared.balances_before.items():
         client = clients.get(panel)
         if client is None:
             continue
         try:
-            after = client.balance()
+            after = refresh_balance(client, db_path)
         except PanelError:
             continue
-        with connect(db_path) as conn:
-            record_balance(conn, panel, after, now)
         actual[panel] = (before - after.balance, currency)
     if prepared.redrop_of is None and write:
         with connect(db_path) as conn:  # the name in processed/, which its report is named by
             record_file(
                 conn, file_hash=prepared.file_hash, kind="orders", file_name=target_name,
-                outcome="processed", rows=len(results), seen_at=now,
+                outcome="processed", rows=len(results), seen_at=datetime.now(UTC),
             )  # fmt: skip
     states = [r.submit_state for r in results]
     frame = pd.DataFrame(
