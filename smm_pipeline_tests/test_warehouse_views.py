@@ -130,19 +130,9 @@ CHANGES = [
 
 @pytest.fixture()
 def db(tmp_path: Path) -> Path:
-    path = tmp_path / "warehouse.duckdb"
+    path = _db_with(tmp_path / "warehouse.duckdb", SERVICES, ORDERS, HISTORY)
     with connect(path) as conn:
-        _insert(conn, "services", SERVICES)
         _insert(conn, "balances", BALANCES)
-        _insert(conn, "orders", ORDERS)
-        _insert(
-            conn,
-            "order_status_history",
-            [
-                dict(zip(("panel", "order_id", "observed_at", "status"), h, strict=True))
-                for h in HISTORY
-            ],
-        )
         _insert(conn, "refills", REFILLS)
         _insert(
             conn,
