@@ -16,7 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from smm_pipeline.simulator.__main__ import build_parser
 from smm_pipeline.simulator.catalog import SERVICE_TYPES, CatalogError, load_catalog_file
+from smm_pipeline.simulator.faults import parse_fault_spec
 from smm_pipeline.simulator.journal import Journal, JournalError
 from smm_pipeline.simulator.server import _is_loopback
 from smm_pipeline.simulator.testing import (
@@ -695,6 +697,206 @@ def test_faults_match_their_action_and_count(sim, client):
         sim.inject("explode")
     with pytest.raises(SimulatorAdminError):
         sim.inject("slow", action="fly")
+
+
+def test_redirect_302_commits_then_points_to_a_login_page(sim, client):
+    sim.inject("redirect_302", action="add")
+    response = client.post(sim.url, data=ADD_FORM)  # httpx does not follow redirects
+    assert response.status_code == 302
+    assert response.headers["location"] == "/login"
+    assert response.headers["content-type"].startswith("text/html")
+    assert [o["link"] for o in sim.orders()] == ["https://a"]
+    sim.inject("redirect_302", action="add", commit=False)
+    assert client.post(sim.url, data=ADD_FORM).status_code == 302
+    assert len(sim.orders()) == 1
+    assert sim.stats()["faults_fired"] == {"redirect_302": 2}
+
+
+@pytest.mark.parametrize(("commit", "created"), [(None, 0), (False, 0), (True, 1)])
+def test_html_403_block_page_commits_only_when_asked(sim, client, commit, created):
+    options = {} if commit is None else {"commit": commit}
+    (queued,) = sim.inject("html_403", action="add", **options)
+    assert queued["commit"] is bool(created)
+    response = client.post(sim.url, data=ADD_FORM)
+    assert response.status_code == 403
+    assert response.headers["content-type"].startswith("text/html")
+    assert "you have been blocked" in response.text and "Cloudflare" in response.text
+    assert len(sim.orders()) == created
+    assert sim.stats()["faults_fired"] == {"html_403": 1}
+
+
+@pytest.mark.parametrize(("commit", "created"), [(None, 0), (True, 1)])
+def test_empty_404_has_no_body(sim, client, commit, created):
+    options = {} if commit is None else {"commit": commit}
+    sim.inject("empty_404", action="add", **options)
+    response = client.post(sim.url, data=ADD_FORM)
+    assert (response.status_code, response.content) == (404, b"")
+    assert len(sim.orders()) == created
+    assert sim.stats()["faults_fired"] == {"empty_404": 1}
+
+
+def test_refusal_answers_the_given_error_and_does_nothing(sim, client):
+    sim.inject("refusal", action="add", message="Service is temporarily disabled")
+    assert call(client, sim, "add", **{k: v for k, v in ADD_FORM.items() if k != "action"}) == {
+        "error": "Service is temporarily disabled"
+    }
+    sim.inject("refusal", action="add")  # the default sentence
+    assert client.post(sim.url, data=ADD_FORM).json() == {"error": "Incorrect request"}
+    sim.inject("refusal", action="add", message="Forbidden", status=403)
+    response = client.post(sim.url, data=ADD_FORM)
+    assert (response.status_code, response.json()) == (403, {"error": "Forbidden"})
+    assert response.headers["content-type"].startswith("application/json")
+    assert sim.orders() == []
+    assert balance(client, sim) == Decimal("1000.00")
+    assert sim.stats()["faults_fired"] == {"refusal": 3}
+
+
+def test_other_id_add_names_the_latest_earlier_order(sim, client):
+    sim.inject("other_id", action="add")
+    assert client.post(sim.url, data=ADD_FORM).json() == {"order": 10001}  # none earlier
+    first = add(client, sim, 1, link="https://b", quantity="100")
+    sim.inject("other_id")  # any write: taken by the add, not by the balance call
+    assert call(client, sim, "balance")["currency"] == "USD"
+    answer = client.post(sim.url, data={**ADD_FORM, "link": "https://c"}).json()
+    assert answer == {"order": first}
+    assert [o["order"] for o in sim.orders()] == [10001, first, first + 1]
+    assert sim.orders()[-1]["link"] == "https://c"
+    sim.inject("other_id", action="add")  # a refused add is answered as it is
+    assert client.post(sim.url, data={**ADD_FORM, "service": "999"}).json() == {
+        "error": "Incorrect service ID"
+    }
+    assert sim.stats()["faults_fired"] == {"other_id": 3}
+
+
+def test_other_id_refill_names_an_earlier_refill(sim, client):
+    sim.configure(outcome_weights=ALL_COMPLETED)
+    ids = [add(client, sim, 1, link=f"https://r{i}", quantity="100") for i in range(4)]
+    sim.advance(30)
+    sim.inject("other_id", action="refill")  # no earlier refill: the new id
+    assert call(client, sim, "refill", order=str(ids[0])) == {"refill": "501"}
+    sim.inject("other_id", action="refill")
+    assert call(client, sim, "refill", order=str(ids[1])) == {"refill": "501"}
+    sim.inject("other_id", action="refill")
+    assert call(client, sim, "refill", orders=f"{ids[2]},{ids[3]},5") == [
+        {"order": ids[2], "refill": 502},
+        {"order": ids[3], "refill": 502},
+        {"order": 5, "refill": {"error": "Incorrect order ID"}},
+    ]
+    assert [(r["refill"], r["order"]) for r in sim.refills()] == [
+        (501, ids[0]), (502, ids[1]), (503, ids[2]), (504, ids[3])
+    ]  # fmt: skip
+    assert sim.stats()["faults_fired"] == {"other_id": 3}
+
+
+def test_other_id_cancel_answers_for_other_orders(sim, client):
+    ids = [add(client, sim, 1, link=f"https://k{i}", quantity="100") for i in range(4)]
+    sim.inject("other_id", action="cancel")
+    assert call(client, sim, "cancel", orders=f"{ids[0]},{ids[1]}") == [
+        {"order": ids[3], "cancel": 1},
+        {"order": ids[2], "cancel": 1},
+    ]
+    statuses = {o["order"]: o["status"] for o in sim.orders()}
+    assert [statuses[i] for i in ids] == ["Canceled", "Canceled", "Pending", "Pending"]
+    sim.inject("other_id", action="cancel")  # every order asked: ids that do not exist
+    assert call(client, sim, "cancel", orders=",".join(map(str, ids))) == [
+        {"order": ids[3] + n, "cancel": c}
+        for n, c in zip(
+            (1, 2, 3, 4),
+            [
+                {"error": "The order cannot be canceled in its current status"},
+                {"error": "The order cannot be canceled in its current status"},
+                1,
+                1,
+            ],
+            strict=True,
+        )
+    ]
+    assert sim.stats()["faults_fired"] == {"other_id": 2}
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ({"kind": "refusal", "commit": True}, "always has commit=false"),
+        ({"kind": "other_id", "commit": False}, "always has commit=true"),
+        ({"kind": "other_id", "action": "status"}, "never fires on 'status'"),
+        ({"kind": "status_variants", "action": "add"}, "never fires on 'add'"),
+        ({"kind": "html_403", "message": "x"}, "refusal fault only"),
+        ({"kind": "refusal", "status": 99}, "from 200 to 599"),
+        ({"kind": "refusal", "message": ""}, "non-empty"),
+        ({"kind": "refusal", "colour": "red"}, "unknown fault fields"),
+    ],
+)
+def test_bad_faults_are_refused_with_the_reason(sim, fault, message):
+    kind = fault.pop("kind")
+    with pytest.raises(SimulatorAdminError, match=message):
+        sim.inject(kind, **fault)
+    assert sim.faults() == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("html_403", {"kind": "html_403", "action": None, "times": 1, "commit": False}),
+        ("html_403:add:-1", {"action": "add", "times": -1}),
+        ("empty_404:3", {"action": None, "times": 3}),
+        ("empty_404::2:commit=true", {"action": None, "times": 2, "commit": True}),
+        ("redirect_302:cancel", {"action": "cancel", "commit": True}),
+        ("refusal:add:message=Error: no, sorry", {"message": "Error: no, sorry", "status": 200}),
+        ("refusal:status=403:message=Forbidden", {"status": 403, "message": "Forbidden"}),
+        ("slow:add:seconds=0.5", {"seconds": 0.5, "commit": True}),
+        ("http_429:balance:2:retry_after=0", {"times": 2, "retry_after": 0}),
+        ('{"kind": "other_id", "action": "refill", "times": -1}', {"action": "refill"}),
+    ],
+)
+def test_fault_specs_of_the_command_line(spec, expected):
+    parsed = parse_fault_spec(spec).to_json()
+    assert {k: parsed[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("explode", "unknown fault kind"),
+        ("html_403:fly", "unknown action"),
+        ("html_403:add:1:2", "expected kind"),
+        ("html_403:commit=true:add", "expected kind"),
+        ("html_403:commit=maybe", "bad value for commit"),
+        ("html_403:add:once", "bad value for times"),
+        ("html_403:colour=red", "unknown option"),
+        ("refusal:commit=true", "always has commit=false"),
+        ("{not json", "not a JSON object"),
+    ],
+)
+def test_bad_fault_specs_say_why(spec, message, capsys):
+    with pytest.raises(ValueError, match=message):
+        parse_fault_spec(spec)
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--fault", spec])
+    assert exited.value.code == 2
+    assert "bad fault" in capsys.readouterr().err
+
+
+def test_faults_given_on_the_command_line_are_served():
+    proc = start_simulator_process(
+        keys=(KEY,),
+        faults=["refusal:add:-1:message=Service: disabled", "html_403:balance", "other_id:2"],
+    )
+    try:
+        queued = proc.faults()
+        assert [(f["kind"], f["action"], f["times"]) for f in queued] == [
+            ("refusal", "add", -1), ("html_403", "balance", 1), ("other_id", None, 2)
+        ]  # fmt: skip
+        with httpx.Client(timeout=10.0, trust_env=False) as http:
+            for _ in range(2):
+                assert http.post(proc.url, data=ADD_FORM).json() == {"error": "Service: disabled"}
+            response = http.post(proc.url, data={"key": KEY, "action": "balance"})
+            assert response.status_code == 403 and "blocked" in response.text
+            assert call(http, proc, "balance")["balance"] == "1000.00"
+        assert proc.orders() == []
+        assert proc.stats()["faults_fired"] == {"refusal": 2, "html_403": 1}
+    finally:
+        assert proc.stop() == 0
 
 
 def test_bare_item_errors_and_status_variants(sim, client):

@@ -6,7 +6,8 @@ side of the protocol and shares no code with our client.
 Run: ``python -m smm_pipeline.simulator --host 127.0.0.1 --port 8765 [--key K ...]
 [--state-file PATH] [--catalog-file PATH] [--latency-ms N] [--rate-limit-per-minute N]
 [--balance 1000.00] [--currency USD] [--progress-seconds 30] [--clock-speed 1]
-[--delay-values 0,5,10,...]``; it prints ``simulator listening on http://HOST:PORT/api/v2``.
+[--delay-values 0,5,10,...] [--fault KIND[:ACTION][:TIMES][:NAME=VALUE...] ...]``;
+it prints ``simulator listening on http://HOST:PORT/api/v2``.
 From Python: ``smm_pipeline.simulator.testing.running_simulator`` (thread) and
 ``start_simulator_process`` (child process).
 
@@ -45,12 +46,21 @@ Admin (loopback callers only; JSON bodies; errors are 4xx ``{"error": "..."}``):
 - ``GET /_sim/health`` -> ``{"ok": true, "now", "iso", "speed"}``; ``GET /_sim/clock``.
 - ``POST /_sim/advance`` ``{"seconds": N}`` -> ``{"now", "iso", "speed"}``.
 - ``POST /_sim/faults`` ``{"kind", "action"?, "times"?: 1 (-1 = until cleared),
-  "seconds"?: 5 (slow), "retry_after"?: 1 (http_429), "commit"?: bool}`` (or
-  ``{"faults": [...]}``) -> ``{"faults": [queued]}``; ``GET`` lists, ``DELETE`` (or
-  ``POST /_sim/faults/clear``) clears. Kinds: drop_before, drop_after, http_500, html_502,
-  html_200, truncated_json, http_429, slow, bare_item_errors, status_variants.
-  drop_after, truncated_json, slow and the two presentation kinds commit the action first by
-  default; the others do not (override with ``commit``).
+  "seconds"?: 5 (slow), "retry_after"?: 1 (http_429), "commit"?: bool, "message"?:
+  "Incorrect request" and "status"?: 200 (refusal)}`` (or ``{"faults": [...]}``) ->
+  ``{"faults": [queued]}``; ``GET`` lists, ``DELETE`` (or ``POST /_sim/faults/clear``)
+  clears. Kinds: drop_before, drop_after, http_500, html_502, html_200, truncated_json,
+  http_429, slow, bare_item_errors, status_variants, redirect_302 (HTTP 302, Location
+  /login, a small HTML body), html_403 (Cloudflare "Sorry, you have been blocked" page),
+  empty_404 (HTTP 404, empty body), refusal (HTTP ``status`` ``{"error": message}``, nothing
+  done), other_id (add/refill/cancel only: the action is done, the answer names another id:
+  add the latest earlier order, refill the latest earlier refill (the new ids when there is
+  none), cancel's items other orders than asked). drop_after, truncated_json, slow,
+  redirect_302 and the two presentation kinds commit the action first by default; the others
+  do not (override with ``commit``; refusal never commits, other_id always does). The
+  command line queues the same faults at start with ``--fault``:
+  ``kind[:action][:times][:name=value...]`` (an empty action is any action; options commit,
+  seconds, retry_after, status, and message last, colons kept) or the JSON object.
 - ``GET /_sim/orders`` -> ``{"orders": [{"order", "kind", "service", "type", "params",
   "link", "quantity", "runs", "interval", "total", "charged", "charge", "status",
   "remains", "start_count", "outcome", "finishes_at", "created_at", "forced",

@@ -13,6 +13,7 @@ from decimal import Decimal, InvalidOperation
 
 from smm_pipeline.simulator.app import Simulator
 from smm_pipeline.simulator.catalog import load_catalog_file
+from smm_pipeline.simulator.faults import Fault, parse_fault_spec
 from smm_pipeline.simulator.order_types import DEFAULT_DELAY_VALUES
 from smm_pipeline.simulator.server import SimulatorServer
 
@@ -33,6 +34,13 @@ def _delays(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"not a comma-separated list of minutes: {text!r}"
         ) from exc
+
+
+def _fault(text: str) -> Fault:
+    try:
+        return parse_fault_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad fault {text!r}: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DELAY_VALUES,
         help="subscription delays (minutes) the panel accepts, comma-separated",
     )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        dest="faults",
+        type=_fault,
+        default=[],
+        metavar="KIND[:ACTION][:TIMES][:NAME=VALUE...]",
+        help="queue a fault at start (repeatable), e.g. html_403:add:-1, "
+        "refusal:add:2:message=Service disabled, empty_404::1:commit=true; "
+        "an empty ACTION is any action, TIMES -1 is until cleared (default 1); options "
+        "commit, seconds, retry_after, status, message (last: it keeps its colons); or the "
+        "JSON object POST /_sim/faults takes",
+    )
     return parser
 
 
@@ -105,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate_limit_per_minute=args.rate_limit_per_minute,
         delay_values=args.delay_values,
     )
+    for fault in args.faults:
+        sim.faults.add(fault)
     asyncio.run(_serve(SimulatorServer(sim, args.host, args.port)))
     return 0
 

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -22,7 +22,15 @@ from typing import Any
 from smm_pipeline.simulator import api
 from smm_pipeline.simulator.catalog import default_catalog
 from smm_pipeline.simulator.clock import SimClock
-from smm_pipeline.simulator.faults import CLOUDFLARE_502, MAINTENANCE_PAGE, Fault, FaultQueue
+from smm_pipeline.simulator.faults import (
+    CLOUDFLARE_403,
+    CLOUDFLARE_502,
+    MAINTENANCE_PAGE,
+    REDIRECT_LOCATION,
+    REDIRECT_PAGE,
+    Fault,
+    FaultQueue,
+)
 from smm_pipeline.simulator.journal import Journal
 from smm_pipeline.simulator.order_types import DEFAULT_DELAY_VALUES
 from smm_pipeline.simulator.panel_state import PanelState
@@ -143,7 +151,19 @@ class Simulator:
                 await asyncio.sleep(fault.seconds)
                 body = self._process(form, style)
             return json_reply(body)
+        if fault.kind == "other_id":
+            return json_reply(self._answer_other_id(form, style))
+        if fault.kind == "refusal":
+            return json_reply({"error": fault.message}, status=fault.status)
         body = self._process(form, style) if fault.commits else None
+        if fault.kind == "redirect_302":
+            reply = Reply(302, REDIRECT_PAGE.encode(), HTML_TYPE)
+            reply.headers.append(("Location", REDIRECT_LOCATION))
+            return reply
+        if fault.kind == "html_403":
+            return Reply(403, CLOUDFLARE_403.encode(), HTML_TYPE)
+        if fault.kind == "empty_404":
+            return Reply(404, b"", HTML_TYPE)
         if fault.kind in ("drop_before", "drop_after"):
             return Reply(0, abort=True)
         if fault.kind == "http_500":
@@ -158,6 +178,50 @@ class Simulator:
             whole = json_reply(body if fault.commits else {"error": "Incorrect request"}).body
             return Reply(200, whole[: max(1, len(whole) // 2)])
         return json_reply(body)
+
+    def _answer_other_id(self, form: Mapping[str, str], style: api.Style) -> Any:
+        """Carry the write out, then answer in its documented shape but naming another id:
+        `add` the latest order that existed before (the new id when there was none),
+        `refill` the latest earlier refill (likewise), `cancel` other orders than asked."""
+        orders_before = set(self.state.orders)
+        refills_before = set(self.state.refills)
+        body = self._process(form, style)
+        action = form.get("action", "")
+        if action == "add":
+            if isinstance(body, dict) and "order" in body and orders_before:
+                return {"order": max(orders_before)}
+            return body
+        if action == "refill":
+            if not refills_before:
+                return body
+            earlier = max(refills_before)
+            if isinstance(body, dict) and "refill" in body:
+                return {"refill": str(earlier)}
+            if isinstance(body, list):
+                return [
+                    {**item, "refill": earlier}
+                    if isinstance(item.get("refill"), int) and item["refill"] not in refills_before
+                    else item
+                    for item in body
+                ]
+            return body
+        if action == "cancel" and isinstance(body, list):
+            asked = {item["order"] for item in body}
+            others = self._other_order_ids(asked)
+            return [{**item, "order": next(others)} for item in body]
+        return body
+
+    def _other_order_ids(self, asked: set[Any]) -> Iterator[int]:
+        """Order ids not in `asked`: existing ones, newest first, then unused ones."""
+        for order_id in sorted(self.state.orders, reverse=True):
+            if order_id not in asked:
+                yield order_id
+        numbers = [i for i in asked if isinstance(i, int)]
+        following = max([*self.state.orders, *numbers, 0]) + 1
+        while True:
+            if following not in asked:
+                yield following
+            following += 1
 
     def _process(self, form: Mapping[str, str], style: api.Style) -> Any:
         answer = api.handle(self.state, form, self.keys, self.state.clock.now(), style)

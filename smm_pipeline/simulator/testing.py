@@ -78,7 +78,13 @@ class SimulatorHandle:
     def inject(
         self, kind: str, action: str | None = None, times: int = 1, **options: Any
     ) -> list[dict[str, Any]]:
-        """Queue a fault (see FAULT_KINDS) for the next `times` calls (of `action`, if given)."""
+        """Queue a fault (see FAULT_KINDS) for the next `times` calls (of `action`, if given).
+
+        Options: `commit` (bool; fixed for refusal and other_id), `seconds` (slow),
+        `retry_after` (http_429), `message` and `status` (refusal, default "Incorrect request"
+        and 200). E.g. `inject("html_403", "add", commit=True)`,
+        `inject("refusal", "add", message="Service is disabled")`, `inject("other_id", "cancel")`.
+        """
         fault = {"kind": kind, "action": action, "times": times, **options}
         return self._call("POST", "faults", fault)["faults"]
 
@@ -347,8 +353,11 @@ def start_simulator_process(
     clock_speed: float = 0.0,
     host: str = "127.0.0.1",
     startup_timeout: float = 20.0,
+    faults: Iterable[str] = (),
 ) -> SimulatorProcess:
-    """`python -m smm_pipeline.simulator` as a child process, returned once it listens."""
+    """`python -m smm_pipeline.simulator` as a child process, returned once it listens.
+
+    `faults` are `--fault` specs (`kind[:action][:times][:name=value...]`) queued at start."""
     keys = tuple(keys)
     args = ["--host", host, "--port", str(port)]
     for key in keys:
@@ -360,5 +369,7 @@ def start_simulator_process(
     args += ["--balance", str(balance), "--currency", currency]
     args += ["--latency-ms", str(latency_ms), "--rate-limit-per-minute", str(rate_limit_per_minute)]
     args += ["--progress-seconds", str(progress_seconds), "--clock-speed", str(clock_speed)]
+    for fault in faults:
+        args += ["--fault", fault]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return SimulatorProcess(args, env, keys, startup_timeout)
