@@ -8,6 +8,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,11 +25,12 @@ from smm_pipeline.panel.errors import (
     HTTPStatusError,
     InsufficientFundsError,
     InvalidResponseError,
+    PanelError,
     RateLimitedError,
     TransportError,
 )
 from smm_pipeline.panel.models import CancelResult, RefillResult, RefillStatus
-from smm_pipeline.simulator.testing import running_simulator
+from smm_pipeline.simulator.testing import SimulatorAdminError, running_simulator
 from smm_pipeline_tests.conftest import TEST_KEY
 
 
@@ -531,3 +533,304 @@ def test_one_malformed_item_does_not_fail_the_chunk(sim, front):
     assert statuses[good].status == "In progress" and statuses[good].charge == Decimal("0.5")
     assert [r.ambiguous for r in refills] == [True, False, True]
     assert refills[1] == RefillResult(2, refill_id=9)
+
+
+# -- the write fault matrix: every simulator fault x add, refill, cancel ---------------------------
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a write under one fault amounts to for the client and at the panel."""
+
+    outcome: str  # "done", "refused" (APIError, definite) or "ambiguous"
+    commits: bool  # the panel carried the faulted call out
+    stops: bool = False  # AmbiguousSubmissionError.stops_batch
+    cause: type[PanelError] | None = None  # AmbiguousSubmissionError.cause
+    calls: int = 1  # requests the faulted call took
+    per_action: tuple[tuple[str, str], ...] = ()  # outcome overrides by action
+
+    def outcome_of(self, action: str) -> str:
+        return dict(self.per_action).get(action, self.outcome)
+
+
+AMBIGUOUS = "ambiguous"
+HTTPError = HTTPStatusError  # short, for the table
+WRITE_FAULTS = [
+    ("drop_before", {}, Expect(AMBIGUOUS, False, cause=TransportError)),
+    ("drop_after", {}, Expect(AMBIGUOUS, True, cause=TransportError)),
+    ("http_500", {}, Expect(AMBIGUOUS, False, cause=HTTPError)),
+    ("html_502", {}, Expect(AMBIGUOUS, False, cause=HTTPError)),
+    ("html_200", {}, Expect(AMBIGUOUS, False, stops=True, cause=InvalidResponseError)),
+    ("html_200", {"commit": True}, Expect(AMBIGUOUS, True, stops=True, cause=InvalidResponseError)),
+    ("truncated_json", {}, Expect(AMBIGUOUS, True, cause=InvalidResponseError)),
+    ("http_429", {"retry_after": 0}, Expect("done", True, calls=2)),
+    ("slow", {"seconds": "1"}, Expect(AMBIGUOUS, True, cause=TransportError)),
+    ("bare_item_errors", {}, Expect("done", True)),  # refill and cancel only
+    ("status_variants", {}, Expect("done", True)),  # never fires on a write
+    ("redirect_302", {}, Expect(AMBIGUOUS, True, stops=True, cause=HTTPError)),
+    ("redirect_302", {"commit": False}, Expect(AMBIGUOUS, False, True, HTTPError)),
+    ("html_403", {}, Expect(AMBIGUOUS, False, stops=True, cause=HTTPError)),
+    ("html_403", {"commit": True}, Expect(AMBIGUOUS, True, stops=True, cause=HTTPError)),
+    ("empty_404", {}, Expect(AMBIGUOUS, False, stops=True, cause=HTTPError)),
+    ("empty_404", {"commit": True}, Expect(AMBIGUOUS, True, stops=True, cause=HTTPError)),
+    ("refusal", {"message": "Service is disabled"}, Expect("refused", False)),
+    ("refusal", {"message": "Forbidden", "status": 403}, Expect("refused", False)),
+    ("refusal", {"message": "Oops", "status": 500}, Expect(AMBIGUOUS, False, cause=HTTPError)),
+    # The panel acted but named another order/refill: add and refill cannot tell (the warehouse
+    # finds the duplicate id); a cancel answer without the asked order leaves it ambiguous.
+    ("other_id", {}, Expect("done", True, per_action=(("cancel", AMBIGUOUS),))),
+]  # fmt: skip
+# Faults that can never fire on an action are refused when injected.
+NOT_FOR = {"bare_item_errors": {"add"}, "status_variants": {"add", "refill", "cancel"}}
+
+
+def _fault_id(case: tuple) -> str:
+    kind, options, _expect = case
+    return "-".join([kind, *(f"{k}={v}" for k, v in options.items())])
+
+
+@dataclass
+class Setup:
+    client: PanelClient
+    ids: list[int]  # the orders the faulted call is about (add: none)
+    earlier: int | None  # add: an earlier order; refill: an earlier refill
+
+
+def _setup(sim, action: str, kind: str, options: dict) -> Setup:
+    """A client sending one id per call, one call at a time (so the faulted call is the first
+    and the rest of a multi write is still unsent when its answer arrives), and the panel's
+    state the action needs."""
+    name = "mx-" + _fault_id((kind, options, None)).replace("=", "_") + f"-{action}"
+    timeout = 0.2 if kind == "slow" else 5.0
+    c = make_client(sim.url, name=name[:60], max_concurrency=1, timeout_seconds=timeout)
+    c.max_ids_per_call = 1
+    if action == "add":
+        earlier = c.add({"service": "1", "link": "https://x.com/earlier", "quantity": "100"})
+        setup = Setup(c, [], earlier)
+    elif action == "refill":
+        done = [_completed_order(c, sim, f"https://x.com/mx-r{i}") for i in range(4)]
+        setup = Setup(c, done[:3], c.refill(done[3]).refill_id)
+    else:
+        ids = [
+            c.add({"service": "1", "link": f"https://x.com/mx-c{i}", "quantity": "100"})
+            for i in range(3)
+        ]
+        setup = Setup(c, ids, None)
+    sim.reset_stats()
+    return setup
+
+
+def _canceled(sim) -> int:
+    return sum(o["status"] == "Canceled" for o in sim.orders())
+
+
+@pytest.mark.parametrize("action", ["add", "refill", "cancel"])
+@pytest.mark.parametrize(
+    ("kind", "options", "expect"), WRITE_FAULTS, ids=map(_fault_id, WRITE_FAULTS)
+)
+def test_write_fault_matrix(sim, kind, options, expect, action):
+    """The public write call under each fault: the exact outcome, and what the panel holds."""
+    setup = _setup(sim, action, kind, options)
+    c = setup.client
+    with c:
+        if action in NOT_FOR.get(kind, ()):
+            with pytest.raises(SimulatorAdminError, match="never fires"):
+                sim.inject(kind, action=action, **options)
+            return
+        orders, refills, canceled = len(sim.orders()), len(sim.refills()), _canceled(sim)
+        calls_before = c.calls[action]
+        sim.inject(kind, action=action, times=1, **options)
+        outcome = expect.outcome_of(action)
+        stops = outcome == AMBIGUOUS and expect.stops
+        if action == "add":
+            _check_add(c, sim, kind, expect, options, setup.earlier)
+            assert len(sim.orders()) - orders == int(expect.commits)
+            sent = expect.calls
+        else:
+            if action == "refill":
+                results: list = c.refills(setup.ids)
+                made = [r.refill_id for r in results]
+            else:
+                results = c.cancel(setup.ids)
+                made = [r.accepted for r in results]
+            assert [r.order_id for r in results] == setup.ids
+            first, rest = results[0], results[1:]
+            if outcome == "done":
+                assert not first.ambiguous and first.error is None and made[0]
+                if kind == "other_id":  # the refill was made; the answer named the earlier one
+                    assert first.refill_id == setup.earlier
+            elif outcome == "refused":
+                assert not first.ambiguous and first.error == options["message"] and not made[0]
+            else:
+                assert first.ambiguous and not made[0]
+                assert "outcome unknown" in first.error or "may have" in first.error
+            if stops:
+                assert all(r.error.startswith("not sent: ") and not r.ambiguous for r in rest)
+                assert not any(made[1:])
+            else:
+                assert all(r.error is None and not r.ambiguous for r in rest) and all(made[1:])
+            sent = expect.calls + (0 if stops else len(rest))
+            carried_out = int(expect.commits) + (0 if stops else len(rest))
+            if action == "refill":
+                assert len(sim.refills()) - refills == carried_out
+            else:
+                assert _canceled(sim) - canceled == carried_out
+            assert len(sim.orders()) == orders
+        stats = sim.stats()
+        assert stats["calls"][action] == sent
+        assert c.calls[action] - calls_before == sent
+        assert stats["faults_fired"] == ({} if kind == "status_variants" else {kind: 1})
+
+
+def _check_add(c, sim, kind: str, expect: Expect, options: dict, earlier: int | None) -> None:
+    params = {"service": "1", "link": "https://x.com/mx-add", "quantity": "100"}
+    outcome = expect.outcome_of("add")
+    if outcome == "done":
+        order_id = c.add(params)
+        newest = max(o["order"] for o in sim.orders())
+        # other_id: the order was placed, the answer named an earlier one (just an int here)
+        assert order_id == (earlier if kind == "other_id" else newest) and earlier != newest
+        return
+    with pytest.raises(PanelError) as info:
+        c.add(params)
+    error = info.value
+    if outcome == "refused":
+        assert type(error) is APIError and error.panel_message == options["message"]
+        return
+    assert type(error) is AmbiguousSubmissionError
+    assert error.stops_batch is expect.stops
+    assert type(error.cause) is expect.cause
+
+
+@pytest.mark.parametrize("action", ["refill", "cancel"])
+@pytest.mark.parametrize(
+    ("kind", "options", "expect"), WRITE_FAULTS, ids=map(_fault_id, WRITE_FAULTS)
+)
+def test_write_fault_errors_of_one_refill_or_cancel(sim, kind, options, expect, action):
+    """The error class and stops_batch of one refill (single form) or one cancel call."""
+    if action in NOT_FOR.get(kind, ()):
+        return  # refused at injection (test_write_fault_matrix)
+    setup = _setup(sim, action, kind, options)
+    with setup.client as c:
+        calls_before = c.calls[action]
+        sim.inject(kind, action=action, times=1, **options)
+
+        def send():
+            if action == "refill":
+                return c.refill(setup.ids[0])
+            return c.request("cancel", {"orders": str(setup.ids[0])})
+
+        outcome = expect.outcome_of(action) if action == "refill" else expect.outcome
+        if outcome == "done":
+            answer = send()
+            if action == "refill":
+                assert answer.refill_id and not answer.ambiguous
+                if kind == "other_id":
+                    assert answer.refill_id == setup.earlier
+            else:
+                assert isinstance(answer, list) and len(answer) == 1
+        else:
+            with pytest.raises(PanelError) as info:
+                send()
+            error = info.value
+            if outcome == "refused":
+                assert type(error) is APIError and error.panel_message == options["message"]
+            else:
+                assert type(error) is AmbiguousSubmissionError
+                assert (error.stops_batch, type(error.cause)) == (expect.stops, expect.cause)
+        assert sim.stats()["calls"][action] == expect.calls == c.calls[action] - calls_before
+    held = len(sim.refills()) - 1 if action == "refill" else _canceled(sim)
+    assert held == int(expect.commits)
+
+
+@pytest.mark.parametrize(
+    ("kind", "stops"),
+    [("html_403", True), ("empty_404", True), ("redirect_302", True), ("http_500", False)],
+)
+def test_a_panel_answering_every_request_wrongly_stops_a_multi_write_at_once(sim, kind, stops):
+    """A wrong url or a blocked IP answers every request the same way: with chunks in flight
+    concurrently, only those sent before the first answer are ambiguous; the rest are never
+    sent and come back as definite failures (safe to send again once the url is fixed)."""
+    with make_client(sim.url, name=f"stop-{kind}", max_concurrency=3) as c:
+        ids = [
+            c.add({"service": "1", "link": f"https://x.com/st{i}", "quantity": "100"})
+            for i in range(12)
+        ]
+        c.max_ids_per_call = 1
+        sim.reset_stats()
+        sim.inject(kind, action="cancel", times=-1)
+        results = c.cancel(ids)
+    sent = sim.stats()["calls"]["cancel"]
+    ambiguous = [r for r in results if r.ambiguous]
+    not_sent = [r for r in results if not r.ambiguous]
+    assert [r.order_id for r in results] == ids and not any(r.accepted for r in results)
+    assert len(ambiguous) == sent == c.calls["cancel"]
+    if stops:
+        assert 1 <= sent <= 3  # at most the chunks already in flight
+        assert len(not_sent) == 12 - sent
+        assert all(r.error.startswith("not sent: the panel answered an earlier") for r in not_sent)
+    else:
+        assert sent == 12 and not not_sent
+    assert _canceled(sim) == (sent if kind == "redirect_302" else 0)  # it commits, then redirects
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "error", "status"),
+    [("redirect_302", {}, HTTPStatusError, 302), ("html_403", {}, HTTPStatusError, 403),
+     ("empty_404", {}, HTTPStatusError, 404), ("refusal", {"message": "Nope"}, APIError, None),
+     ("refusal", {"message": "Nope", "status": 403}, APIError, None)],
+)  # fmt: skip
+def test_reads_under_the_new_faults_fail_without_retrying(
+    client, sim, kind, options, error, status
+):
+    sim.inject(kind, action="balance", times=5, **options)
+    with pytest.raises(error) as info:
+        client.balance()
+    assert type(info.value) is error
+    if status is not None:
+        assert info.value.status_code == status
+    assert client.calls["balance"] == 1 == sim.stats()["calls"]["balance"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "stops", "words"),
+    [(403, "Forbidden", {}, True, "HTTP 403 with a body that is not JSON"),
+     (401, "", {}, True, "HTTP 401 with an empty body"),
+     (405, "<html>Method Not Allowed</html>", {}, True, "HTTP 405 with an HTML page"),
+     (301, "", {"Location": f"https://panel.example/api/v2?key={TEST_KEY}"}, True,
+      "redirected (HTTP 301 to https://panel.example/api/v2?key=***)"),
+     (408, "", {}, False, "HTTP 408 with an empty body"),
+     (400, {"order": 5, "note": "odd"}, {}, False, "HTTP 400"),
+     (503, "<html>Service Unavailable</html>", {}, False, "HTTP 503 with an HTML page"),
+     (200, "", {}, False, "answered an empty body (HTTP 200)"),
+     (200, "<!DOCTYPE html><p>login</p>", {}, True, "answered an HTML page (HTTP 200)"),
+     (200, '{"order": 1', {}, False, "invalid or truncated JSON"),
+     (200, {"status": "ok"}, {}, False, "add answer has no 'order'")],
+)  # fmt: skip
+def test_what_a_write_answer_amounts_to(sim, front, status, body, headers, stops, words):
+    with make_client(front.url, name="front-write") as c:
+        front.reply(status, body, **headers)
+        with pytest.raises(AmbiguousSubmissionError) as info:
+            c.add({"service": "1", "link": "https://x.com/fw", "quantity": "100"})
+    assert info.value.stops_batch is stops
+    assert words in str(info.value)
+    assert TEST_KEY not in str(info.value)
+    assert c.calls["add"] == 1 and sim.orders() == []  # never resent, never forwarded
+
+
+@pytest.mark.parametrize("status", [200, 400, 401, 403, 404, 422])
+def test_a_json_refusal_is_definite_below_500(sim, front, status):
+    with make_client(front.url, name="front-refusal") as c:
+        front.reply(status, {"error": "Invalid API key"})
+        with pytest.raises(APIError, match="Invalid API key") as info:
+            c.add({"service": "1", "link": "https://x.com/fr", "quantity": "100"})
+        front.reply(status, {"error": "Incorrect request"})
+        assert c.refills([1])[0] == RefillResult(1, error="Incorrect request")
+    assert type(info.value) is APIError
+    assert c.calls["add"] == 1
+
+
+def test_ambiguous_errors_do_not_stop_a_batch_unless_told():
+    cause = TransportError("connection failed", sent=True)
+    assert AmbiguousSubmissionError(cause).stops_batch is False
+    assert AmbiguousSubmissionError(cause, stops_batch=True).stops_batch is True

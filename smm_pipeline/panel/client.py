@@ -2,10 +2,17 @@
 
 Every request goes through the panel's process-wide limiter (rate budget and concurrency cap).
 Read-only actions retry with exponential backoff and jitter, honouring Retry-After (on 429 and
-on any 5xx that carries it). Writing actions (`add`, `refill`, `cancel`) are resent only when
-the request provably never left this machine (connection refused) or the panel said it did not
-process it (429); any other failure after sending is an `AmbiguousSubmissionError`, never
-retried. A key the panel echoes in its answer is replaced by `***` before the answer is read.
+on any 5xx that carries it); a 3xx or 4xx answer to a read is an error, not retried.
+
+Writing actions (`add`, `refill`, `cancel`) get a definite outcome only from a readable JSON
+answer: the action's result, or a refusal `{"error": ...}` with a status below 500
+(`APIError`: nothing was done). They are resent only when the request provably never left this
+machine (connection refused) or the panel said it did not process it (429). Any other answer
+that may have reached the panel (a redirect, an HTML or empty page of any status, a 5xx,
+truncated or unexpected JSON, a timeout or dropped connection after sending) is an
+`AmbiguousSubmissionError`, never retried; its `stops_batch` says whether the answer was not
+the API at all (3xx, non-JSON 4xx, HTML below 500), which would repeat for every request.
+A key the panel echoes in its answer is replaced by `***` before the answer is read.
 """
 
 from __future__ import annotations
@@ -97,6 +104,8 @@ class PanelClient:
         )
         self._counter_lock = threading.Lock()
         self.calls: Counter[str] = Counter()
+        # Ids per multi call (the API's limit is 100); lower it for a panel that wants fewer.
+        self.max_ids_per_call = MAX_IDS_PER_CALL
 
     def __repr__(self) -> str:
         return f"PanelClient(panel={self.panel.name!r}, url={self.panel.url!r})"
@@ -120,10 +129,17 @@ class PanelClient:
     def _error(self, cls: type[PanelError], message: str, action: str, **kw: Any) -> PanelError:
         return cls(message, panel=self.panel.name, action=action, **kw)
 
-    def _send_once(self, action: str, params: Mapping[str, str]) -> Any:
+    def _send_once(
+        self,
+        action: str,
+        params: Mapping[str, str],
+        before_send: Callable[[], None] | None = None,
+    ) -> Any:
         """One POST. Returns the decoded JSON body or raises a PanelError subclass."""
         data = {"key": self._key.reveal(), "action": action, **params}
         with self.limiter.slot():
+            if before_send is not None:
+                before_send()  # may raise: then nothing is sent
             with self._counter_lock:
                 self.calls[action] += 1
             try:
@@ -143,6 +159,14 @@ class PanelClient:
         return self._decode(action, response)
 
     def _decode(self, action: str, response: httpx.Response) -> Any:
+        """The answer's JSON, or the error it amounts to.
+
+        429 is RateLimitedError for every action. A JSON `{"error": ...}` with a status below
+        500 is an APIError (a refusal: nothing was done). For reads, anything else that is not
+        JSON with a 2xx status is HTTPStatusError (3xx, 4xx, 5xx) or InvalidResponseError; for
+        writes it is an AmbiguousSubmissionError around that error, with `stops_batch` when the
+        answer is not the API at all (3xx, 4xx other than 408 without JSON, HTML below 500).
+        """
         status = response.status_code
         if status == 429:
             raise self._error(
@@ -151,38 +175,61 @@ class PanelClient:
                 action,
                 retry_after=_retry_after(response.headers.get("Retry-After")),
             )
-        if 300 <= status < 400:
-            raise self._error(
-                HTTPStatusError,
-                f"redirected (HTTP {status}); redirects are never followed because the key "
-                "travels in the body: fix the panel url",
-                action,
-                status_code=status,
-            )
+        key = self._key.reveal()
         text = response.text
         try:
-            body = _redacted(parsing.decode_json(text), self._key.reveal())
+            body = _redacted(parsing.decode_json(text), key)
         except ValueError:
             body = None
         message = parsing.lone_error(body) if body is not None else None
+        # By its text, not its Content-Type: many PHP panels send their JSON as text/html.
+        looks_html = text.lstrip()[:1] == "<"
+        if 300 <= status < 400:
+            location = _redacted(response.headers.get("Location", ""), key)[:200]
+            error = self._error(
+                HTTPStatusError,
+                f"redirected (HTTP {status}{f' to {location}' if location else ''}); redirects "
+                "are never followed because the key travels in the body: fix the panel url",
+                action,
+                status_code=status,
+            )
+            raise self._unanswered(error, action, stops_batch=True)
         if status >= 400:
             if message is not None and status < 500:
                 raise self._api_error(message, action)
-            detail = f": {message}" if message else ""
-            raise self._error(
+            if body is None:
+                what = "an empty body" if not text.strip() else None
+                what = what or ("an HTML page" if looks_html else "a body that is not JSON")
+                detail = f" with {what}, not the API's JSON answer"
+            else:
+                detail = f": {message}" if message else ""
+            error = self._error(
                 HTTPStatusError,
                 f"HTTP {status}{detail}",
                 action,
                 status_code=status,
                 retry_after=_retry_after(response.headers.get("Retry-After")),
             )
+            not_the_api = body is None and status < 500 and status != 408
+            raise self._unanswered(error, action, stops_batch=not_the_api)
         if body is None:
-            looks_html = text.lstrip()[:1] == "<"
-            what = "an HTML page" if looks_html else "invalid or truncated JSON"
-            raise self._error(InvalidResponseError, f"answered {what} (HTTP {status})", action)
+            if looks_html:
+                what = "an HTML page"
+            else:
+                what = "an empty body" if not text.strip() else "invalid or truncated JSON"
+            error = self._error(InvalidResponseError, f"answered {what} (HTTP {status})", action)
+            raise self._unanswered(error, action, stops_batch=what == "an HTML page")
         if message is not None:
             raise self._api_error(message, action)
         return body
+
+    def _unanswered(self, error: PanelError, action: str, *, stops_batch: bool) -> PanelError:
+        """`error` for a read; for a write, the ambiguous outcome it amounts to."""
+        if action in WRITE_ACTIONS:
+            return AmbiguousSubmissionError(
+                error, panel=self.panel.name, action=action, stops_batch=stops_batch
+            )
+        return error
 
     def _api_error(self, message: str, action: str) -> APIError:
         cls = InsufficientFundsError if "not enough funds" in message.lower() else APIError
@@ -194,14 +241,23 @@ class PanelClient:
         delay = min(_MAX_BACKOFF_SECONDS, self._backoff_base * (2**attempt))
         return delay * (0.5 + random.random() / 2)
 
-    def request(self, action: str, params: Mapping[str, str] | None = None) -> Any:
-        """POST one action; retries per the action's safety. Returns the decoded JSON."""
+    def request(
+        self,
+        action: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        before_send: Callable[[], None] | None = None,
+    ) -> Any:
+        """POST one action; retries per the action's safety. Returns the decoded JSON.
+
+        `before_send` is called before each attempt once a concurrency slot is held; raising
+        there sends nothing (used to stop a batch between chunks)."""
         params = dict(params or {})
         writing = action in WRITE_ACTIONS
         attempt = 0
         while True:
             try:
-                return self._send_once(action, params)
+                return self._send_once(action, params, before_send)
             except RateLimitedError as exc:
                 # The panel refused without processing: safe to retry, for writes too.
                 wait = self._backoff(attempt, exc.retry_after)
@@ -213,21 +269,17 @@ class PanelClient:
                         exc, panel=self.panel.name, action=action
                     ) from None
                 error, wait = exc, self._backoff(attempt, None)
-            except HTTPStatusError as exc:
+            except HTTPStatusError as exc:  # `_decode` makes these ambiguous for writes
+                if writing:  # never resend a write, whatever changes above
+                    raise self._unanswered(exc, action, stops_batch=False) from None
                 if exc.status_code < 500 and exc.status_code not in (408,):
                     raise
-                if writing:
-                    raise AmbiguousSubmissionError(
-                        exc, panel=self.panel.name, action=action
-                    ) from None
                 error, wait = exc, self._backoff(attempt, exc.retry_after)
                 if exc.retry_after is not None:  # e.g. 503 "come back in N seconds"
                     self.limiter.back_off(wait)
-            except InvalidResponseError as exc:
+            except InvalidResponseError as exc:  # likewise
                 if writing:
-                    raise AmbiguousSubmissionError(
-                        exc, panel=self.panel.name, action=action
-                    ) from None
+                    raise self._unanswered(exc, action, stops_batch=False) from None
                 error, wait = exc, self._backoff(attempt, None)
             if attempt >= self.panel.max_retries:
                 raise error
@@ -243,8 +295,14 @@ class PanelClient:
             )
             self._sleep(wait)
 
-    def _parsed(self, action: str, params: Mapping[str, str], parse: Callable[[Any], R]) -> R:
-        body = self.request(action, params)
+    def _parsed(
+        self,
+        action: str,
+        params: Mapping[str, str],
+        parse: Callable[[Any], R],
+        before_send: Callable[[], None] | None = None,
+    ) -> R:
+        body = self.request(action, params, before_send=before_send)
         try:
             return parse(body)
         except parsing.ShapeError as exc:
@@ -318,7 +376,7 @@ class PanelClient:
 
     def _merge_chunks(self, ids: list[int], one: Callable[[list[int]], dict[int, R]]) -> dict:
         merged: dict[int, R] = {}
-        for _chunk, result in self.map_concurrent(one, chunked(ids)):
+        for _chunk, result in self.map_concurrent(one, chunked(ids, self.max_ids_per_call)):
             if isinstance(result, BaseException):
                 raise result
             merged.update(result)
@@ -365,22 +423,55 @@ class PanelClient:
         parse: Callable[[list[int], Any], list[T]],
         failed: Callable[[int, str, bool], T],
     ) -> list[T]:
-        def one(chunk: list[int]) -> list[T]:
-            return self._parsed(
-                action, {"orders": ",".join(map(str, chunk))}, lambda b: parse(chunk, b)
-            )
+        """One write per chunk, outcomes per id in the order given.
 
+        A chunk whose outcome is unknown is ambiguous for each of its ids; a chunk refused
+        outright carries the refusal per id. Once a chunk's answer is not the API at all
+        (`stops_batch`), chunks not yet sent are not sent: their ids are definite failures
+        ("not sent: ..."), safe to send again once the panel url or key is fixed.
+        """
+        stopped: list[AmbiguousSubmissionError] = []
+        stop_lock = threading.Lock()
+
+        def check_stop() -> None:
+            with stop_lock:
+                if stopped:
+                    raise _NotSent(stopped[0], panel=self.panel.name, action=action)
+
+        def one(chunk: list[int]) -> list[T]:
+            params = {"orders": ",".join(map(str, chunk))}
+            try:
+                return self._parsed(action, params, lambda b: parse(chunk, b), check_stop)
+            except AmbiguousSubmissionError as exc:
+                if exc.stops_batch:
+                    with stop_lock:
+                        stopped.append(exc)
+                raise
+
+        chunks = chunked(ids, self.max_ids_per_call)
         by_chunk: dict[int, list[T]] = {}
-        for chunk, result in self.map_concurrent(one, chunked(ids)):
+        for chunk, result in self.map_concurrent(one, chunks):
             if isinstance(result, AmbiguousSubmissionError):
                 by_chunk[chunk[0]] = [failed(oid, result.message, True) for oid in chunk]
-            elif isinstance(result, PanelError):
+            elif isinstance(result, PanelError):  # a refusal, or _NotSent
                 by_chunk[chunk[0]] = [failed(oid, result.message, False) for oid in chunk]
             elif isinstance(result, BaseException):
                 raise result
             else:
                 by_chunk[chunk[0]] = result
-        return [r for chunk in chunked(ids) for r in by_chunk[chunk[0]]]
+        return [r for chunk in chunks for r in by_chunk[chunk[0]]]
+
+
+class _NotSent(PanelError):
+    """A chunk of a multi write that was not sent: an earlier answer was not the API."""
+
+    def __init__(self, stop: AmbiguousSubmissionError, *, panel: str, action: str) -> None:
+        super().__init__(
+            "not sent: the panel answered an earlier request of this batch with something "
+            f"that is not the API ({stop.cause.message})",
+            panel=panel,
+            action=action,
+        )
 
 
 def _redacted(body: Any, key: str) -> Any:

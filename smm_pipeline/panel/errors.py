@@ -83,19 +83,32 @@ class InsufficientFundsError(APIError):
 
 
 class AmbiguousSubmissionError(PanelError):
-    """A writing action (add, refill, cancel) may have reached the panel but got no answer.
+    """A writing action (add, refill, cancel) may have reached the panel but got no answer
+    that says what happened.
 
     The outcome is unknown: the caller must record it and never resend automatically.
     `cause` is the underlying error.
+
+    `stops_batch` is True when the panel answered with something that is not the API at all
+    (a 3xx redirect, a 4xx other than 408/429 without a JSON body, an HTML page with a status
+    below 500): a wrong url, a wrong path or a blocked IP, which would answer every further
+    request the same way. The caller should then send nothing more to this panel in the
+    current batch (those rows were never sent: they are plain failures, safe to send again
+    once the configuration is fixed) rather than turn every row ambiguous. It is False for
+    answers that may be one-off (5xx, truncated or unexpected JSON, timeouts, dropped
+    connections): the next request may well succeed.
     """
 
-    def __init__(self, cause: PanelError, *, panel: str = "", action: str = "") -> None:
+    def __init__(
+        self, cause: PanelError, *, panel: str = "", action: str = "", stops_batch: bool = False
+    ) -> None:
         super().__init__(
             f"outcome unknown, the request may have reached the panel ({cause.message})",
             panel=panel,
             action=action,
         )
         self.cause = cause
+        self.stops_batch = stops_batch
 
 
 class UnknownStatusError(InvalidResponseError):
