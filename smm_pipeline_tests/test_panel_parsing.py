@@ -22,6 +22,64 @@ def test_ids_missing_from_a_write_answer_are_ambiguous():
     assert cancels[1].accepted
 
 
+def test_a_cancel_answer_for_other_orders_leaves_the_asked_ones_ambiguous():
+    # A panel that cancelled 5 but answers for 6 (the simulator's other_id fault).
+    (asked,) = parsing.parse_multi_cancel([5], [{"order": 6, "cancel": 1}])
+    assert asked == CancelResult(5, accepted=False, error=parsing.MISSING_WRITE, ambiguous=True)
+    cancels = parsing.parse_multi_cancel(
+        [5, 7], [{"order": 8, "cancel": 1}, {"order": 7, "cancel": {"error": "Incorrect order ID"}}]
+    )
+    assert cancels[0].ambiguous and not cancels[0].accepted
+    assert cancels[1] == CancelResult(7, accepted=False, error="Incorrect order ID")
+    # Not a list of items at all, but one item naming another order: still not the asked one.
+    (single,) = parsing.parse_multi_cancel([5], {"order": 6, "cancel": 1})
+    assert single.ambiguous and not single.accepted
+
+
+def test_an_id_named_twice_with_different_outcomes_is_ambiguous():
+    cancels = parsing.parse_multi_cancel(
+        [1, 2],
+        [{"order": 1, "cancel": 1}, {"order": 1, "cancel": {"error": "Incorrect order ID"}},
+         {"order": 2, "cancel": 1}, {"order": "2", "cancel": 1}],
+    )  # fmt: skip
+    assert cancels[0] == CancelResult(
+        1, accepted=False, error=parsing.CONFLICTING_WRITE, ambiguous=True
+    )
+    assert cancels[1] == CancelResult(2, accepted=True)  # the same outcome twice is fine
+    refills = parsing.parse_multi_refill(
+        [1, 2], [{"order": 1, "refill": 7}, {"order": 1, "refill": 8}, {"order": 2, "refill": 9}]
+    )
+    assert refills[0] == RefillResult(1, error=parsing.CONFLICTING_WRITE, ambiguous=True)
+    assert refills[1] == RefillResult(2, refill_id=9)
+    statuses = parsing.parse_multi_refill_status(
+        [4], [{"refill": 4, "status": "Completed"}, {"refill": 4, "status": "Rejected"}]
+    )
+    assert statuses[4] == RefillStatus(4, error=parsing.CONFLICTING)
+
+
+def test_a_refill_answer_naming_an_earlier_refill_is_that_id():
+    # The panel cannot be caught here; the warehouse sees the refill id twice.
+    assert parsing.parse_refill(3, {"refill": "501"}) == RefillResult(3, refill_id=501)
+    assert parsing.parse_multi_refill([3, 4], [{"order": 3, "refill": 501},
+                                               {"order": 4, "refill": 501}]) == [
+        RefillResult(3, refill_id=501), RefillResult(4, refill_id=501)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("body", [{"order": 10001}, {"order": "10001"}])
+def test_an_add_answer_with_a_readable_id_is_just_that_id(body):
+    # Even when it is an earlier order's id (a panel's bug): detecting that is the warehouse's.
+    assert parsing.parse_add(body) == 10001
+
+
+@pytest.mark.parametrize(
+    "body", [{"order": "abc"}, {"order": 0}, {"order": None}, {"status": "ok"}, [10001]]
+)
+def test_an_add_answer_without_a_readable_id_is_a_shape_error(body):
+    with pytest.raises(parsing.ShapeError):
+        parsing.parse_add(body)
+
+
 def test_unknown_status_word_is_an_error_not_pending():
     status = parsing.parse_order_status(5, {"status": "Teleported", "charge": "1"})
     assert status.status is None and status.raw_status == "Teleported"

@@ -4,7 +4,10 @@ Numbers arrive as strings or JSON numbers; JSON is decoded with `parse_float=Dec
 binary float never exists. Per-item errors (an object with `error`, or a bare string) are data,
 and so is an item we cannot read: one odd item never costs the other 99 of its call. An
 unreadable item of a writing action (refill, cancel) is *ambiguous*, because the panel may
-have acted on it.
+have acted on it; so is an id the answer does not name (even when it names others instead)
+or names twice with different outcomes. Ids are read as the panel gives them: an `add` answer
+naming an id that is already known is still just that id (duplicates are the warehouse's to
+find, across rows).
 """
 
 from __future__ import annotations
@@ -30,8 +33,13 @@ from smm_pipeline.panel.statuses import (
 )
 
 MAY_HAVE_ACTED = "the request may have been carried out"
-# A writing action's answer that does not mention an id: the panel may have acted on it.
+# A writing action's answer that does not mention an id (it may name other ids instead): the
+# panel may have acted on it.
 MISSING_WRITE = f"missing from the panel's answer: {MAY_HAVE_ACTED}"
+# An answer that names one id twice with different outcomes: neither can be trusted.
+CONFLICTING = "named more than once in the panel's answer, with different outcomes"
+CONFLICTING_WRITE = f"{CONFLICTING}: {MAY_HAVE_ACTED}"
+_CONFLICT = object()  # marks such an id among the items of a multi answer
 
 # Stored money is DECIMAL(38,18) and costs are rate × quantity / 1000: an amount with at most
 # 15 places keeps every cost exact; 20 integer digits is far beyond any real balance.
@@ -264,10 +272,11 @@ def parse_multi_status(ids: Iterable[int], body: Any) -> dict[int, OrderStatus]:
     }
 
 
-def _items_by(body: Any, id_field: str, value_field: str) -> dict[int, dict[str, Any]]:
+def _items_by(body: Any, id_field: str, value_field: str) -> dict[int, Any]:
     """Multi answers keyed here by id: the documented list of objects naming their id, or an
     object keyed by id whose values are either the item (`{"1": {"refill": 5}}`) or its value
-    (`{"1": 5}`, `{"1": {"error": ...}}`); both become `{id_field: id, value_field: ...}`."""
+    (`{"1": 5}`, `{"1": {"error": ...}}`); both become `{id_field: id, value_field: ...}`.
+    An id named twice with different items maps to `_CONFLICT`."""
     if isinstance(body, dict):
         body = [
             {**v, id_field: k}
@@ -277,14 +286,25 @@ def _items_by(body: Any, id_field: str, value_field: str) -> dict[int, dict[str,
         ]
     if not isinstance(body, list):
         raise ShapeError(f"multi answer is not a list of {id_field} items")
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, Any] = {}
     for item in body:
         if isinstance(item, dict) and id_field in item:
             try:
-                out[to_id(item[id_field], id_field)] = item
+                ident = to_id(item[id_field], id_field)
             except ShapeError:
                 continue
+            if ident in out and not _same_item(out[ident], item, id_field):
+                out[ident] = _CONFLICT
+            else:
+                out[ident] = item
     return out
+
+
+def _same_item(seen: Any, item: dict[str, Any], id_field: str) -> bool:
+    if seen is _CONFLICT:
+        return False
+    rest = {k: v for k, v in item.items() if k != id_field}
+    return {k: v for k, v in seen.items() if k != id_field} == rest
 
 
 def _per_item(
@@ -292,8 +312,16 @@ def _per_item(
     items: dict[int, Any],
     parse: Callable[[int, Any], T],
     missing: Callable[[int], T],
+    conflicting: Callable[[int], T],
 ) -> list[T]:
-    return [parse(i, items[i]) if i in items else missing(i) for i in ids]
+    def one(i: int) -> T:
+        if i not in items:
+            return missing(i)
+        if items[i] is _CONFLICT:
+            return conflicting(i)
+        return parse(i, items[i])
+
+    return [one(i) for i in ids]
 
 
 def parse_refill(order_id: int, body: Any) -> RefillResult:
@@ -325,6 +353,7 @@ def parse_multi_refill(ids: Iterable[int], body: Any) -> list[RefillResult]:
         _items_by(body, "order", "refill"),
         parse_refill,
         lambda oid: RefillResult(order_id=oid, error=MISSING_WRITE, ambiguous=True),
+        lambda oid: RefillResult(order_id=oid, error=CONFLICTING_WRITE, ambiguous=True),
     )
 
 
@@ -360,6 +389,7 @@ def parse_multi_refill_status(ids: Iterable[int], body: Any) -> dict[int, Refill
         _items_by(body, "refill", "status"),
         parse_refill_status,
         lambda rid: RefillStatus(refill_id=rid, error="missing from the panel's answer"),
+        lambda rid: RefillStatus(refill_id=rid, error=CONFLICTING),
     )
     return {r.refill_id: r for r in results}
 
@@ -395,4 +425,5 @@ def parse_multi_cancel(ids: Iterable[int], body: Any) -> list[CancelResult]:
         _items_by(body, "order", "cancel"),
         parse_cancel,
         lambda oid: CancelResult(oid, accepted=False, error=MISSING_WRITE, ambiguous=True),
+        lambda oid: CancelResult(oid, accepted=False, error=CONFLICTING_WRITE, ambiguous=True),
     )
