@@ -14,10 +14,12 @@ import pytest
 
 from smm_pipeline.defs.resources import PanelsResource
 from smm_pipeline.intake.csv_files import file_hash
+from smm_pipeline.operations.inbox import FileRejected
 from smm_pipeline.operations.order_files import finish_order_file, prepare_order_file
 from smm_pipeline.operations.submission import submit_file
 from smm_pipeline.warehouse.db import connect
-from smm_pipeline.warehouse.refills import IN_FLIGHT, claim_file, due_refills, record_in_flight
+from smm_pipeline.warehouse.processed_files import claim_file
+from smm_pipeline.warehouse.refills import IN_FLIGHT, due_refills, record_in_flight
 from smm_pipeline.warehouse.status import Cadence
 from smm_pipeline_tests.conftest import TEST_KEY, make_pipeline, panel_yaml
 from smm_pipeline_tests.dagster_helpers import (
@@ -319,8 +321,8 @@ def test_ambiguous_refills_are_recorded_and_never_retried(pipeline, sim, instanc
     content = "ref\nc\nd\n"
     started = datetime.now(UTC)
     with connect(pipeline.db_path) as conn:
-        claim_file(conn, file_hash(content.encode()), "refills", "crashed.csv", started)
-        record_in_flight(conn, "refills", "sim", [ids["c"]], "crashed.csv", started)
+        claim = claim_file(conn, file_hash(content.encode()), "refills", "crashed.csv", started)
+        record_in_flight(conn, "refills", "sim", [ids["c"]], claim, started)
     result = drop_action(pipeline, instance, "refills", "retry.csv", content)
     assert result.success, event_texts(result)
     rows = results(pipeline, "retry.results.csv")
@@ -404,3 +406,41 @@ def test_cancels_end_to_end_with_per_row_refusals(pipeline, sim, instance):
     assert result.success, event_texts(result)
     assert [r["result"] for r in results(pipeline, "amb.results.csv")] == ["ambiguous"]
     assert sim.order(ids["amb"])["status"] == "Canceled"
+
+
+def reject_as_orders(pipeline, name: str, content: str) -> None:
+    settings = pipeline.settings
+    panels = PanelsResource(panels_file=str(pipeline.panels_file))
+    with panels.clients(settings) as clients, pytest.raises(FileRejected):
+        prepare_order_file(settings, pipeline.db_path, name, file_hash(content.encode()), clients)
+
+
+def test_the_same_bytes_in_another_inbox_are_another_file(pipeline, sim, instance):
+    """processed_files is keyed by (content, kind): `order\\n<id>\\n` rejected in the orders
+    inbox does not make the refill inbox forget (or skip) the refill those bytes ask for."""
+    sim.configure(outcome_weights=ONLY_COMPLETED)
+    ids = place_orders(pipeline, "o.csv", [("a", 1, 100), ("b", 1, 100)])
+    sim.advance(3600)
+    first = f"order\n{ids['a']}\n"
+    # Converse case first: the bytes were rejected as an order file, then dropped as a refill
+    # file: the refill still goes out.
+    pipeline.drop("orders", "wrong-inbox.csv", first)
+    reject_as_orders(pipeline, "wrong-inbox.csv", first)
+    assert drop_action(pipeline, instance, "refills", "r1.csv", first).success
+    assert [r["order"] for r in sim.refills()] == [ids["a"]]
+
+    # The refill was made; the same bytes dropped in the orders inbox again (rejected there)
+    # and then in the refill inbox once more: the refill inbox still knows it sent them.
+    pipeline.drop("orders", "wrong-again.csv", first)
+    reject_as_orders(pipeline, "wrong-again.csv", first)
+    sim.reset_stats()
+    again = drop_action(pipeline, instance, "refills", "r1-again.csv", first)
+    assert again.success, event_texts(again)
+    assert [r["state"] for r in results(pipeline, "r1-again.results.csv")] == ["skipped"]
+    assert "refill" not in sim.stats()["calls"]
+    assert len(sim.refills()) == 1
+    assert sorted(query(pipeline, "SELECT kind, outcome FROM processed_files")) == [
+        ("orders", "processed"),
+        ("orders", "rejected"),
+        ("refills", "processed"),
+    ]

@@ -68,7 +68,8 @@ def test_fresh_file_gets_folder_schema_views_and_utc(tmp_path: Path) -> None:
     assert services["first_seen_at"] == "TIMESTAMP WITH TIME ZONE"
     assert orders["estimated_cost"] == orders["charge"] == MONEY_TYPE
     assert orders["next_poll_at"] == "TIMESTAMP WITH TIME ZONE"
-    assert len(orders) == 31
+    assert len(orders) == 33
+    assert orders["claim_id"] == "VARCHAR" and orders["answered_order_id"] == "BIGINT"
 
 
 def test_running_migrations_twice_is_a_no_op(tmp_path: Path) -> None:
@@ -140,7 +141,7 @@ def test_state_words_are_constrained(tmp_path: Path) -> None:
                 "INSERT INTO orders (panel, ref, submit_state) VALUES ('p', 'a', 'failed')"
             )
         with pytest.raises(duckdb.ConstraintException):
-            conn.execute("INSERT INTO cancels VALUES ('p', 1, now(), 'maybe', NULL, NULL)")
+            conn.execute("INSERT INTO cancels VALUES ('p', 1, now(), 'maybe', NULL, NULL, NULL)")
 
 
 def test_read_only_needs_an_existing_file(tmp_path: Path) -> None:

@@ -59,10 +59,9 @@ from smm_pipeline.warehouse.orders import (
     FileRow,
     existing_refs,
     file_rows,
-    file_state,
-    record_file,
     record_pending,
 )
+from smm_pipeline.warehouse.processed_files import file_state, record_file
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +247,7 @@ def prepare_order_file(
     changed = content is not None and content_hash(content) != file_hash
     with connect(db_path) as conn:
         recorded = file_rows(conn, file_hash)
-        state = file_state(conn, file_hash)
+        state = file_state(conn, file_hash, "orders")
     if recorded and state is not None and state[1] == "accepted":
         if changed:
             log(f"{file_name} was rewritten since this run began; the recorded rows are resumed "
@@ -452,7 +451,7 @@ def finish_order_file(
     bare_file_name(prepared.file_name)
     with connect(db_path) as conn:
         recorded = file_rows(conn, prepared.file_hash)
-        state = file_state(conn, prepared.file_hash)
+        state = file_state(conn, prepared.file_hash, "orders")
     results = _result_rows(prepared, recorded, state)
     target_name, write = _report_target(folders, prepared, state)
     results_file = results_report_path(folders.processed, target_name)

@@ -42,14 +42,12 @@ from smm_pipeline.panel.client import MAX_IDS_PER_CALL, PanelClient, chunked
 from smm_pipeline.panel.errors import PanelError
 from smm_pipeline.panel.models import RefillResult
 from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.processed_files import FileClaim, claim_file, finish_file
 from smm_pipeline.warehouse.refills import (
-    FileClaim,
     RequestTable,
     apply_refill_statuses,
-    claim_file,
     due_refills,
     file_requests,
-    finish_file,
     open_refills_by_panel,
     open_refills_summary,
     order_targets,
@@ -444,7 +442,7 @@ def _send_panel(
     outcomes: list[RowOutcome] = []
     for ids in chunked(list(by_order), window):
         requested_at = datetime.now(UTC)
-        record_in_flight(conn, spec.table, panel, ids, claim.file_name, requested_at)
+        record_in_flight(conn, spec.table, panel, ids, claim, requested_at)
         results = spec.send(client, ids)
         spec.record(conn, panel, claim.file_name, requested_at, results)
         for result in results:

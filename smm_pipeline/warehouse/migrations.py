@@ -3,7 +3,9 @@
 A warehouse file records what it has seen in `schema_migrations`, so an older file upgrades in
 place and running the list twice is a no-op. Never edit an applied entry: append a new one.
 Views are rebuilt from `views.py` by a migration; when a view changes, append a migration that
-calls `create_views` again (in the same entry as any columns the new view needs).
+calls `create_views` again (in the same entry as any columns the new view needs), and make the
+previous views entry `_views_built_later`: today's views.py may need columns an older entry
+did not have yet.
 """
 
 from __future__ import annotations
@@ -45,12 +47,57 @@ def _widen_money(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(f"ALTER TABLE {table} ALTER {column} TYPE {MONEY_TYPE}")
 
 
+def _views_built_later(conn: duckdb.DuckDBPyConnection) -> None:
+    """A views entry superseded by a later one (see MIGRATIONS)."""
+
+
+def _exactly_once_v2(conn: duckdb.DuckDBPyConnection) -> None:
+    """Columns and keys of the exactly-once rules (README "Exactly once"):
+
+    - orders.claim_id: the submission process that flagged a row `sending` (its answer journal
+      says whether the request left); orders.answered_order_id: the id a panel answered for a
+      row that another row already holds (that row is ambiguous, and no spend of its own);
+    - refills/cancels.file_hash: requests are found again by the content that made them;
+    - processed_files keyed by (file_hash, kind): the same bytes are one file per inbox.
+    """
+    conn.execute("ALTER TABLE orders ADD COLUMN claim_id VARCHAR")
+    conn.execute("ALTER TABLE orders ADD COLUMN answered_order_id BIGINT")
+    conn.execute("ALTER TABLE refills ADD COLUMN file_hash VARCHAR")
+    conn.execute("ALTER TABLE cancels ADD COLUMN file_hash VARCHAR")
+    conn.execute(
+        """
+        CREATE TABLE processed_files_by_kind (
+            file_hash VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            file_name VARCHAR,
+            first_seen_at TIMESTAMPTZ,
+            outcome VARCHAR,
+            rows BIGINT,
+            PRIMARY KEY (file_hash, kind)
+        )
+        """
+    )
+    conn.execute(
+        """
+        INSERT INTO processed_files_by_kind
+        SELECT file_hash, coalesce(kind, 'orders'), file_name, first_seen_at, outcome, rows
+        FROM processed_files
+        """
+    )
+    conn.execute("DROP TABLE processed_files")
+    conn.execute("ALTER TABLE processed_files_by_kind RENAME TO processed_files")
+    create_views(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", INITIAL_SCHEMA),
-    Migration(2, "analytics_views", create_views),
+    # The views are built from today's views.py, which may read columns of later entries:
+    # the last views entry builds them, the earlier ones stay in the ledger as no-ops.
+    Migration(2, "analytics_views", _views_built_later),
     Migration(3, "exact_money", _widen_money),
     # Views at the stored money type; refunds, deliveries, medians and runway fixed (views.py).
-    Migration(4, "analytics_views_v2", create_views),
+    Migration(4, "analytics_views_v2", _views_built_later),
+    Migration(5, "exactly_once_v2", _exactly_once_v2),
 )
 
 _LEDGER = """

@@ -294,43 +294,6 @@ def resolve_rows(
     return errors
 
 
-def count_file_rows(conn: duckdb.DuckDBPyConnection, file_hash: str) -> int:
-    rows = conn.execute("SELECT count(*) FROM orders WHERE file_hash = ?", [file_hash])
-    return rows.fetchall()[0][0]
-
-
-def record_file(
-    conn: duckdb.DuckDBPyConnection,
-    *,
-    file_hash: str,
-    kind: str,
-    file_name: str,
-    outcome: str,
-    rows: int,
-    seen_at: datetime,
-) -> None:
-    """Remember a handled drop file (first sighting kept, latest outcome)."""
-    conn.execute(
-        """
-        INSERT INTO processed_files (file_hash, kind, file_name, first_seen_at, outcome, rows)
-        VALUES (?, ?, ?, ?, ?, ?)
-        ON CONFLICT (file_hash) DO UPDATE SET outcome = excluded.outcome, rows = excluded.rows,
-            file_name = excluded.file_name
-        """,
-        [file_hash, kind, file_name, seen_at, outcome, rows],
-    )
-
-
-def file_state(conn: duckdb.DuckDBPyConnection, file_hash: str) -> tuple[str, str] | None:
-    """(file_name, outcome) of this content in processed_files, if it was seen before.
-
-    For order files the name is the one in processed/ once the outcome is `processed`."""
-    rows = conn.execute(
-        "SELECT file_name, outcome FROM processed_files WHERE file_hash = ?", [file_hash]
-    ).fetchall()
-    return (rows[0][0], rows[0][1]) if rows else None
-
-
 def attached_elsewhere(
     conn: duckdb.DuckDBPyConnection, wanted: Sequence[tuple[str, str, int]]
 ) -> dict[tuple[str, str], str]:

@@ -9,9 +9,9 @@ killed mid-request therefore leaves exactly the requests whose outcome is unknow
 and ambiguous requests are never sent again automatically.
 
 A request row is identified by (panel, order_id, source_file, requested_at). `source_file` is
-the name under which the file's content was *first* seen (kept in `processed_files`, keyed by
-the content's sha256), so a re-drop of the same content under another name still finds the
-requests that content already made.
+the name under which the file's content was *first* seen in its inbox (`processed_files`), and
+`file_hash` the content's sha256, by which a re-drop of the same content under any name finds
+the requests that content already made.
 
 Refill status cadence: `updated_at` is when a refill row was last written (its request or a
 poll); an open refill is due again a quarter of its age at that moment later, clamped to the
@@ -25,7 +25,6 @@ Every write is one set-based statement over a registered DataFrame or a list par
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -34,6 +33,7 @@ import pandas as pd
 
 from smm_pipeline.panel.models import CancelResult, RefillResult, RefillStatus
 from smm_pipeline.panel.statuses import FINISHED_REFILL_STATUSES
+from smm_pipeline.warehouse.processed_files import FileClaim
 from smm_pipeline.warehouse.status import Cadence
 from smm_pipeline.warehouse.timestamps import require_aware
 
@@ -48,53 +48,6 @@ _OPEN_REFILLS = f"""
     AND coalesce(status, '') NOT IN {_FINISHED_REFILLS}
 """
 TARGET_COLUMNS = ["row_number", "panel", "order_id", "ref"]
-
-
-# ------------------------------------------------------------------ processed files
-
-
-@dataclass(frozen=True)
-class FileClaim:
-    """A dropped file's content as the warehouse knows it: the name and time it was first
-    seen under, and the outcome of the previous run on it (None when this run is the first)."""
-
-    file_hash: str
-    file_name: str
-    first_seen_at: datetime
-    previous_outcome: str | None
-
-
-def claim_file(
-    conn: duckdb.DuckDBPyConnection, file_hash: str, kind: str, file_name: str, now: datetime
-) -> FileClaim:
-    """Record the content as being handled (outcome `requesting`) unless it is known already;
-    the first sighting's name and time are kept either way."""
-    now = require_aware(now, "now")
-    rows = conn.execute(
-        "SELECT file_name, first_seen_at, outcome FROM processed_files WHERE file_hash = ?",
-        [file_hash],
-    ).fetchall()
-    if rows:
-        name, first_seen, outcome = rows[0]
-        return FileClaim(file_hash, name or file_name, first_seen or now, outcome)
-    conn.execute(
-        """
-        INSERT INTO processed_files (file_hash, kind, file_name, first_seen_at, outcome, rows)
-        VALUES (?, ?, ?, ?, 'requesting', 0)
-        """,
-        [file_hash, kind, file_name, now],
-    )
-    return FileClaim(file_hash, file_name, now, None)
-
-
-def finish_file(
-    conn: duckdb.DuckDBPyConnection, file_hash: str, kind: str, outcome: str, rows: int
-) -> None:
-    """Set the outcome (`processed` or `rejected`) of a claimed file."""
-    conn.execute(
-        "UPDATE processed_files SET kind = ?, outcome = ?, rows = ? WHERE file_hash = ?",
-        [kind, outcome, rows, file_hash],
-    )
 
 
 # ------------------------------------------------------------------ which orders a file names
@@ -163,11 +116,12 @@ def file_requests(
         f"""
         SELECT panel, order_id, {state} AS state, {refill_id} AS refill_id, error, requested_at
         FROM {table}
-        WHERE source_file = ? AND requested_at >= ?
+        WHERE file_hash = ?
+           OR (file_hash IS NULL AND source_file = ? AND requested_at >= ?)  -- before v5
         QUALIFY row_number() OVER (PARTITION BY panel, order_id ORDER BY requested_at DESC) = 1
         ORDER BY panel, order_id
         """,
-        [claim.file_name, claim.first_seen_at],
+        [claim.file_hash, claim.file_name, claim.first_seen_at],
     ).df()
 
 
@@ -176,7 +130,7 @@ def record_in_flight(
     table: RequestTable,
     panel: str,
     order_ids: Sequence[int],
-    source_file: str,
+    claim: FileClaim,
     requested_at: datetime,
 ) -> None:
     """Durably mark requests as possibly sent, before they leave (see the module docstring)."""
@@ -187,18 +141,27 @@ def record_in_flight(
         conn.execute(
             """
             INSERT INTO refills (panel, order_id, requested_at, request_state, error,
-                source_file, updated_at)
-            SELECT ?, unnest(CAST(? AS BIGINT[])), ?, 'ambiguous', ?, ?, ?
+                source_file, file_hash, updated_at)
+            SELECT ?, unnest(CAST(? AS BIGINT[])), ?, 'ambiguous', ?, ?, ?, ?
             """,
-            [panel, list(order_ids), requested_at, IN_FLIGHT, source_file, requested_at],
+            [
+                panel,
+                list(order_ids),
+                requested_at,
+                IN_FLIGHT,
+                claim.file_name,
+                claim.file_hash,
+                requested_at,
+            ],  # fmt: skip
         )
     else:
         conn.execute(
             """
-            INSERT INTO cancels (panel, order_id, requested_at, result, error, source_file)
-            SELECT ?, unnest(CAST(? AS BIGINT[])), ?, 'ambiguous', ?, ?
+            INSERT INTO cancels (panel, order_id, requested_at, result, error, source_file,
+                file_hash)
+            SELECT ?, unnest(CAST(? AS BIGINT[])), ?, 'ambiguous', ?, ?, ?
             """,
-            [panel, list(order_ids), requested_at, IN_FLIGHT, source_file],
+            [panel, list(order_ids), requested_at, IN_FLIGHT, claim.file_name, claim.file_hash],
         )
 
 

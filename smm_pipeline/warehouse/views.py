@@ -14,7 +14,9 @@ a grouping column.
 start and finish) that the reporting views share, so each rule lives in one place:
 
 - reached_panel: submit_state sending, submitted or ambiguous (the add did or may have reached
-  the panel); only these rows are orders in spend_daily and balance_runway.
+  the panel); only these rows are orders in spend_daily and balance_runway. An ambiguous row
+  whose add was answered with the order id another row holds (`answered_order_id`) is that
+  same order as far as money goes: it is not counted a second time.
 - spend: the panel's charge when known; 0 for pending, failed and abandoned rows; 0 for a
   Canceled/Refunded order whose panel reported no charge (it was refunded); otherwise the
   estimated cost for a sent order whose charge the panel has not reported yet (marked by
@@ -101,7 +103,8 @@ base AS (
         s.type AS catalog_type,
         COALESCE(o.currency, pc.currency) AS effective_currency,
         COALESCE(o.submitted_at, o.created_at) AS placed_at,
-        o.submit_state IN ('sending', 'submitted', 'ambiguous') AS reached_panel,
+        o.submit_state IN ('sending', 'submitted', 'ambiguous')
+            AND o.answered_order_id IS NULL AS reached_panel,
         COALESCE(o.status IN {FINISHED_STATUSES}, false) AS finished,
         COALESCE(o.status IN ('Canceled', 'Refunded'), false) AS refunded,
         COALESCE(o.status IN ('Completed', 'Partial'), false) AS delivered,
