@@ -162,10 +162,10 @@ class PanelClient:
         """The answer's JSON, or the error it amounts to.
 
         429 is RateLimitedError for every action. A JSON `{"error": ...}` with a status below
-        500 is an APIError (a refusal: nothing was done). For reads, anything else that is not
-        JSON with a 2xx status is HTTPStatusError (3xx, 4xx, 5xx) or InvalidResponseError; for
-        writes it is an AmbiguousSubmissionError around that error, with `stops_batch` when the
-        answer is not the API at all (3xx, 4xx other than 408 without JSON, HTML below 500).
+        500 is an APIError (a refusal: nothing was done). Otherwise a 3xx, 4xx or 5xx is an
+        HTTPStatusError and a 2xx that is not JSON an InvalidResponseError; for a write either
+        becomes an AmbiguousSubmissionError around it, with `stops_batch` when the answer is
+        not the API at all (3xx, 4xx other than 408 without JSON, HTML below 500).
         """
         status = response.status_code
         if status == 429:
