@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import collections
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 
 import dagster as dg
 import duckdb
 import pytest
 
+from smm_pipeline.operations.submission import submit_file
 from smm_pipeline.simulator.testing import start_simulator_process
 from smm_pipeline_tests.conftest import make_pipeline, panel_yaml
 from smm_pipeline_tests.dagster_helpers import settle, tick
+from smm_pipeline_tests.test_submission import clients, outbox, record
 
 CHILD = textwrap.dedent(
     """
@@ -32,6 +36,26 @@ CHILD = textwrap.dedent(
     )
     """
 )
+
+
+SUBMIT_CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from smm_pipeline.operations.submission import submit_file
+    from smm_pipeline_tests.test_submission import clients
+    from smm_pipeline_tests.test_crash_recovery import SimAt
+    with clients(p=(SimAt(sys.argv[2]), int(sys.argv[3]))) as cs:
+        submit_file(Path(sys.argv[1]), "h", cs)
+    """
+)
+
+
+@dataclass(frozen=True)
+class SimAt:
+    """A simulator known by its url only (for `clients` in a child process)."""
+
+    url: str
 
 
 def submit_orders_job() -> dg.JobDefinition:
@@ -115,8 +139,57 @@ def test_sigkill_mid_batch_then_rerun_submits_each_row_at_most_once(
     assert set(by_state) <= {"submitted", "ambiguous"}
     submitted_ids = {oid for _, state, oid in final if state == "submitted"}
     assert submitted_ids <= {o["order"] for o in panel_orders}
-    # Every row was either sent exactly once and recorded, or is ambiguous for a human.
+    # Every row was either sent exactly once and recorded, or is ambiguous for a human: only
+    # the requests in flight at the kill (the journal held every answer received).
     assert by_state["submitted"] + by_state["ambiguous"] == 300
+    assert by_state["ambiguous"] <= 4
     assert len(panel_orders) >= by_state["submitted"]
     assert len(panel_orders) <= by_state["submitted"] + by_state["ambiguous"]
     assert (pipeline.folders.processed / "crash.results.csv").exists()
+
+
+KILLS = 12
+
+
+def test_random_sigkills_leave_only_the_requests_in_flight_ambiguous(tmp_path, slow_sim):
+    """SIGKILL a submitting process at random moments of its batch, then run it again: never
+    a duplicate, nothing left pending or sending, and per kill at most `max_concurrency` rows
+    ambiguous (those whose request was in flight; every answer received was journaled)."""
+    n, concurrency = 200, 8
+    seed = random.randrange(1 << 30)
+    pick = random.Random(seed)
+    ambiguous_per_kill = []
+    for kill in range(KILLS):
+        db = tmp_path / f"w{kill}.duckdb"
+        frame = outbox(f"k{kill}x", n)
+        frame["panel"] = "p"
+        record(db, frame)
+        before = slow_sim.stats()["calls"].get("add", 0)
+        at = pick.randrange(1, n - concurrency)  # answers received before the kill, about
+        child = subprocess.Popen(
+            [sys.executable, "-c", SUBMIT_CHILD, str(db), slow_sim.url, str(concurrency)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while slow_sim.stats()["calls"].get("add", 0) - before < at:
+            assert child.poll() is None, f"kill {kill}: the child ended first (seed {seed})"
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        with clients(p=(slow_sim, concurrency)) as cs:
+            submit_file(db, "h", cs)  # the re-execution
+        with duckdb.connect(str(db), read_only=True) as con:
+            states = collections.Counter(
+                dict(con.execute("SELECT submit_state, count(*) FROM orders GROUP BY 1").fetchall())
+            )
+        assert set(states) <= {"submitted", "ambiguous"}, (kill, states, seed)
+        assert sum(states.values()) == n
+        ambiguous_per_kill.append(states["ambiguous"])
+    links = collections.Counter(o["link"] for o in slow_sim.orders())
+    assert max(links.values()) == 1, f"an order went out twice (seed {seed})"
+    assert len(links) >= KILLS * n - sum(ambiguous_per_kill)
+    print(f"ambiguous rows per kill (seed {seed}, max_concurrency {concurrency}): "
+          f"{ambiguous_per_kill}")  # fmt: skip
+    assert max(ambiguous_per_kill) <= concurrency, (ambiguous_per_kill, seed)

@@ -78,9 +78,9 @@ def test_a_claim_returns_only_the_rows_it_flagged(tmp_path: Path):
     claimed first, or one already answered, is not returned a second time."""
     with connect(tmp_path / "w.duckdb") as conn:
         record_pending(conn, outbox(["a", "b", "c"], "one.csv", "h1"), datetime.now(UTC))
-        assert mark_sending(conn, "sim", ["a"]) == {"a"}
-        assert mark_sending(conn, "sim", ["a", "b", "zz"]) == {"b"}
-        assert mark_sending(conn, "other", ["c"]) == set()
-        assert mark_sending(conn, "sim", []) == set()
+        assert mark_sending(conn, "sim", ["a"], "c1") == {"a"}
+        assert mark_sending(conn, "sim", ["a", "b", "zz"], "c2") == {"b"}
+        assert mark_sending(conn, "other", ["c"], "c3") == set()
+        assert mark_sending(conn, "sim", [], "c4") == set()
         states = dict(conn.execute("SELECT ref, submit_state FROM orders").fetchall())
     assert states == {"a": "sending", "b": "sending", "c": "pending"}

@@ -7,7 +7,6 @@ panel's fresh balance and its max_batch_spend, or none of that panel's resubmits
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,17 +18,20 @@ import duckdb
 
 from smm_pipeline.config import Settings
 from smm_pipeline.intake.budget import batch_errors, panel_totals
-from smm_pipeline.operations.submission import outcome_of
+from smm_pipeline.operations.submission import (
+    SubmitReport,
+    rows_by_panel,
+    settle_interrupted,
+    submit_rows,
+)
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.errors import PanelError
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.orders import (
-    SubmitOutcome,
+    RESENDABLE_STATES,
     attached_elsewhere,
     existing_refs,
-    mark_sending,
     pending_keys,
-    record_outcomes,
     resolve_rows,
 )
 
@@ -132,7 +134,7 @@ def _budget_errors(
     costs: dict[str, list[tuple[str, Decimal]]] = {}
     for panel, ref in resubmit:
         row = current.get((panel, ref))
-        if row is not None and row.submit_state == "ambiguous":
+        if row is not None and row.submit_state in RESENDABLE_STATES:
             costs.setdefault(panel, []).append((ref, row.estimated_cost))
     errors: dict[tuple[str, str], str] = {}
     for panel, items in sorted(costs.items()):
@@ -161,27 +163,18 @@ def _send(
     report: ResolveReport,
     progress: Callable[[str], None],
 ) -> None:
-    """Send exactly these pending rows, once each: flagged `sending` before the request
-    leaves, the outcome recorded after (a crash in between leaves them for a human)."""
+    """Send exactly these pending rows, once each, the way a file's rows are sent (claimed
+    under this process's answer journal, so a crash leaves nothing only SQL could settle)."""
     with connect(db_path) as conn:
-        rows = pending_keys(conn, keys)
-        for panel, frame in rows.groupby("panel", sort=True) if len(rows) else []:
-            flagged = mark_sending(conn, panel, list(frame["ref"]))
-            records = [r for r in frame.to_dict("records") if r["ref"] in flagged]
-            outcomes = _add_each(panel, clients[panel], records)
-            record_outcomes(conn, outcomes)
-            for outcome in outcomes:
-                state = outcome.submit_state
-                report.submitted += state == "submitted"
-                report.ambiguous += state == "ambiguous"
-                report.failed += state == "failed"
-                progress(f"{panel}/{outcome.ref}: resubmitted: {state} {outcome.error or ''}")
-
-
-def _add_each(panel: str, client: PanelClient, records: list[dict]) -> list[SubmitOutcome]:
-    sends = [(r["ref"], json.loads(r["params"])) for r in records]
-    results = client.map_concurrent(lambda item: client.add(item[1]), sends)
-    return [outcome_of(panel, item[0], result) for item, result in results]
+        rows = rows_by_panel(pending_keys(conn, keys).to_dict("records"))
+    sent: SubmitReport = submit_rows(db_path, rows, clients, progress=progress)
+    report.submitted += sent.submitted
+    report.ambiguous += sent.ambiguous
+    report.failed += sent.failed
+    progress(
+        f"resubmitted {sent.total} rows: {sent.submitted} submitted, {sent.failed} failed, "
+        f"{sent.ambiguous} ambiguous"
+    )
 
 
 def resolve_ambiguous(
@@ -197,6 +190,7 @@ def resolve_ambiguous(
     not fit are reported and left unchanged. Raises ResolutionRefused (nothing changed) when a
     row is listed twice."""
     _refuse_duplicates(resolutions)
+    settle_interrupted(db_path, progress)  # a killed resubmit's `sending` rows first
     report = ResolveReport()
     resubmit = [(r.panel, r.ref) for r in resolutions if r.action == "resubmit"]
     with connect(db_path) as conn:

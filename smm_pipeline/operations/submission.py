@@ -1,29 +1,30 @@
-"""Send a file's recorded (pending) orders to their panels, exactly once.
+"""Send recorded (pending) orders to their panels, exactly once, without holding the warehouse.
 
-A panel answers each `add` after tens of milliseconds, so a batch is as fast as the panel's
-concurrency cap allows only if every slot stays busy and no DuckDB write sits between one
-request and the next. Hence the shape:
+A panel answers each `add` after tens of milliseconds (or, rate-limited, once a second), so
+the shape is:
 
 - Per panel, `max_concurrency` worker threads live for the whole batch, take rows from a
-  queue and only talk HTTP (the client's limiter still spaces requests by the rate budget).
-- The calling thread owns the one DuckDB connection and does every write. It *claims* rows
-  ahead of the workers: whenever fewer than `max_concurrency` claimed rows are waiting, one
-  statement flags the next `max_concurrency` rows `sending`, and only then are they queued, so
-  a row is durably `sending` before its request can leave. It *records* the answers the
-  workers hand back in batches, one set-based statement per OUTCOME_BATCH_ROWS answers or
-  OUTCOME_BATCH_SECONDS, whichever comes first.
+  queue and talk HTTP. Before a row's request leaves, the worker journals `send`; as soon as
+  the answer is in, it journals the outcome (warehouse/journal.py: both flushed to disk).
+- The calling thread owns the warehouse, in short write sections only, never across a
+  network wait: it *claims* rows ahead of the workers (one statement flags the next
+  CLAIM_ROWS rows `sending` under this process's journal, and only then are they queued),
+  and *records* the outcomes the workers hand back, one set-based statement every
+  OUTCOME_BATCH_SECONDS or OUTCOME_BATCH_ROWS answers.
 
-A crash at any point leaves a row `pending` (never sent: sent by the next run) or `sending`
-(maybe sent: turned ambiguous by the next run, never resent). Per panel, the `sending` rows
-are at most `max_concurrency` held by workers (in flight or about to be), at most
-2 × `max_concurrency` claimed and queued (never sent: the only never-sent rows a crash can
-turn ambiguous), and at most one outcome batch answered but not yet recorded.
+A crash at any point loses nothing the panel said: the journal holds every answer received,
+and the next submission settles the dead claim from it (answers recorded, rows never sent
+pending again, only the requests truly in flight, at most `max_concurrency` per panel,
+ambiguous). A run that is interrupted (terminated from the UI) stops its workers and settles
+its own claim the same way before it exits.
 
-"Not enough funds on balance" stops the panel's batch: the worker that gets it sets the
-panel's stop flag, which every worker checks before each `add`. The row that got it is failed
-with the panel's message, every row not sent (claimed or not) with NOT_ENOUGH_FUNDS_STOP.
-Requests already in flight cannot be recalled, but each worker sends at most one `add` the
-panel refuses, so a balance for exactly K orders costs at most K + `max_concurrency` calls.
+A panel's batch stops at "Not enough funds on balance", and at the first answer that is not
+the API at all (a redirect, an HTML or empty 4xx: a wrong url or key, a Cloudflare block),
+which would repeat for every row: the worker that gets it sets the panel's stop flag, which
+every worker checks before each `add`. That row is failed (funds) or ambiguous (the rest);
+every row not sent is failed with the stop reason, and a later drop of the file sends them.
+Requests already in flight cannot be recalled, so a balance for exactly K orders costs at most
+K + `max_concurrency` calls.
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-import duckdb
-
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.errors import (
     AmbiguousSubmissionError,
@@ -48,19 +47,27 @@ from smm_pipeline.panel.errors import (
     PanelError,
 )
 from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.journal import AnswerJournal, journal_dir
 from smm_pipeline.warehouse.orders import (
+    Settled,
     SubmitOutcome,
-    mark_interrupted_as_ambiguous,
     mark_sending,
     pending_rows,
     record_outcomes,
+    settle_dead_claims,
 )
 
 log = logging.getLogger(__name__)
 NOT_ENOUGH_FUNDS_STOP = "not sent: Not enough funds on balance (the panel's batch stopped)"
-OUTCOME_BATCH_ROWS = 64
-OUTCOME_BATCH_SECONDS = 0.25
+NOT_THE_API_STOP = (
+    "not sent: the panel answered an earlier row with something that is not the API ({cause}); "
+    "check the panel's url and key, then drop the file again to send these rows"
+)
+CLAIM_ROWS_PER_SLOT = 8  # rows claimed at a time, per worker
+OUTCOME_BATCH_ROWS = 256
+OUTCOME_BATCH_SECONDS = 1.0
 PROGRESS_SECONDS = 1.0
+_JOIN_SECONDS_ON_INTERRUPT = 5.0
 
 
 @dataclass
@@ -71,7 +78,7 @@ class SubmitReport:
     submitted: int = 0
     failed: int = 0
     ambiguous: int = 0
-    recovered_ambiguous: int = 0
+    settled: Settled = field(default_factory=Settled)
     estimated_spend: Decimal = Decimal(0)
     calls: int = 0
     seconds: float = 0.0
@@ -85,6 +92,11 @@ class SubmitReport:
             self.failed += 1
         elif outcome.submit_state == "ambiguous":
             self.ambiguous += 1
+
+    @property
+    def recovered_ambiguous(self) -> int:
+        """Rows an earlier, dead run had in flight: ambiguous, never resent."""
+        return self.settled.ambiguous
 
     @property
     def done(self) -> int:
@@ -106,28 +118,38 @@ def outcome_of(panel: str, ref: str, result: int | BaseException) -> SubmitOutco
     )
 
 
+def _stop_reason(result: int | BaseException) -> str | None:
+    """Why the panel's batch stops after this answer, or None."""
+    if isinstance(result, InsufficientFundsError):
+        return NOT_ENOUGH_FUNDS_STOP
+    if isinstance(result, AmbiguousSubmissionError) and result.stops_batch:
+        return NOT_THE_API_STOP.format(cause=result.cause.message)
+    return None
+
+
 @dataclass(frozen=True)
-class _Row:
+class PendingRow:
     ref: str
     params: dict[str, str]
     cost: Decimal
 
 
-# What a worker hands back: the row and the `add` result, or None when it was not sent.
-_Answer = tuple["_PanelBatch", _Row, "int | BaseException | None"]
+# What a worker hands back: the row and its outcome, or None when it was not sent.
+_Answer = tuple["_PanelBatch", PendingRow, "SubmitOutcome | None"]
 
 
 class _PanelBatch:
     """One panel's rows, its worker threads and its stop flag.
 
-    Only the calling thread touches `claimed`, `open` and DuckDB; workers see the queue and
-    the flags only."""
+    Only the calling thread touches `claimed`, `open` and the warehouse; workers see the
+    queue, the journal and the flags only."""
 
     def __init__(
         self,
         panel: str,
         client: PanelClient,
-        rows: list[_Row],
+        rows: list[PendingRow],
+        journal: AnswerJournal,
         answers: queue.Queue[_Answer],
         abort: threading.Event,
     ) -> None:
@@ -135,64 +157,73 @@ class _PanelBatch:
         self.client = client
         self.rows = rows
         self.size = client.panel.max_concurrency
-        self.claimed = 0  # rows[:claimed] were flagged `sending` (or stopped)
+        self.claim_rows = self.size * CLAIM_ROWS_PER_SLOT
+        self.claimed = 0  # rows[:claimed] were offered to a claim (or stopped)
         self.open = 0  # claimed rows whose answer has not come back yet
         self.closed = False
         self.stop = threading.Event()
-        self._ready: queue.Queue[_Row | None] = queue.Queue()
+        self.stop_reason = ""
+        self._journal = journal
+        self._ready: queue.Queue[PendingRow | None] = queue.Queue()
         self._answers = answers
         self._abort = abort
         self._workers = [
             threading.Thread(target=self._work, name=f"submit-{self.panel}-{i}", daemon=True)
-            for i in range(self.size)
+            for i in range(min(self.size, len(rows)))
         ]
 
-    def start(self, conn: duckdb.DuckDBPyConnection) -> None:
-        """Claim the workers' first rows and the batch waiting behind them, then work."""
-        for _ in range(2):
-            self._claim_next(conn)
+    def start(self) -> None:
         for worker in self._workers:
             worker.start()
 
     def _work(self) -> None:
         while (row := self._ready.get()) is not None:
             if self._abort.is_set():
-                return
-            result: int | BaseException | None = None
-            if not self.stop.is_set():
-                try:
-                    result = self.client.add(row.params)
-                except Exception as exc:  # classified by outcome_of, never resent
-                    result = exc
-                if isinstance(result, InsufficientFundsError):
-                    self.stop.set()
-            self._answers.put((self, row, result))
+                return  # claimed, never sent: the claim's settlement makes it pending again
+            if self.stop.is_set():
+                self._answers.put((self, row, None))
+                continue
+            self._journal.sending(self.panel, row.ref)
+            try:
+                result: int | BaseException = self.client.add(row.params)
+            except Exception as exc:  # classified by outcome_of, never resent
+                result = exc
+            outcome = outcome_of(self.panel, row.ref, result)
+            self._journal.answered(outcome.to_json())
+            reason = _stop_reason(result)
+            if reason is not None and not self.stop.is_set():
+                self.stop_reason = reason
+                self.stop.set()
+            self._answers.put((self, row, outcome))
 
-    def claim(self, conn: duckdb.DuckDBPyConnection) -> None:
-        """Claim the next batch once fewer than `size` claimed rows wait: at most 2 × size."""
-        if self._ready.qsize() < self.size:
-            self._claim_next(conn)
+    @property
+    def wants_rows(self) -> bool:
+        """Fewer than two rounds of work wait in the queue, and rows are left to claim."""
+        return not self.closed and not self.stop.is_set() and self._ready.qsize() < 2 * self.size
 
-    def _claim_next(self, conn: duckdb.DuckDBPyConnection) -> None:
-        """Flag the next rows `sending`, then queue them (never the other way round)."""
-        if self.closed or self.stop.is_set():
-            return
-        batch = self.rows[self.claimed : self.claimed + self.size]
-        flagged = mark_sending(conn, self.panel, [r.ref for r in batch])
+    def next_claim(self) -> list[PendingRow]:
+        batch = self.rows[self.claimed : self.claimed + self.claim_rows]
         self.claimed += len(batch)
+        return batch
+
+    def queue_claimed(self, batch: list[PendingRow], flagged: set[str]) -> None:
+        """Queue the rows the claim flagged (a row someone else claimed is theirs to send)."""
         for row in batch:
-            if row.ref in flagged:  # a row someone else claimed meanwhile is theirs to send
+            if row.ref in flagged:
                 self.open += 1
                 self._ready.put(row)
         if self.claimed == len(self.rows):
             self.close()
 
     def stop_unclaimed(self) -> list[tuple[SubmitOutcome, Decimal]]:
-        """The rows never claimed, failed because the batch stopped; no more claims."""
+        """The rows never claimed, failed with the stop reason; no more claims."""
         rest = self.rows[self.claimed :]
         self.claimed = len(self.rows)
         self.close()
-        return [(_stopped(self.panel, r.ref), r.cost) for r in rest]
+        return [(self.stopped(r.ref), r.cost) for r in rest]
+
+    def stopped(self, ref: str) -> SubmitOutcome:
+        return SubmitOutcome(self.panel, ref, "failed", error=self.stop_reason)
 
     def close(self) -> None:
         """No more rows: each worker exits once the queue is drained."""
@@ -205,14 +236,14 @@ class _PanelBatch:
     def finished(self) -> bool:
         return self.closed and self.open == 0
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the workers; True when none is left running."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         for worker in self._workers:
-            if worker.is_alive():  # never started if claiming failed first
-                worker.join()
-
-
-def _stopped(panel: str, ref: str) -> SubmitOutcome:
-    return SubmitOutcome(panel, ref, "failed", error=NOT_ENOUGH_FUNDS_STOP)
+            if worker.is_alive():
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                worker.join(left)
+        return not any(w.is_alive() for w in self._workers)
 
 
 def _answers_within(answers: queue.Queue[_Answer], timeout: float) -> list[_Answer]:
@@ -229,18 +260,21 @@ def _answers_within(answers: queue.Queue[_Answer], timeout: float) -> list[_Answ
 
 
 class _Dispatcher:
-    """The calling thread's loop: claims ahead, collects answers, records them in batches."""
+    """The calling thread's loop: claims ahead, collects answers, records them in batches,
+    each warehouse write a short connection of its own."""
 
     def __init__(
         self,
-        conn: duckdb.DuckDBPyConnection,
+        db_path: Path,
+        journal: AnswerJournal,
         batches: list[_PanelBatch],
         answers: queue.Queue[_Answer],
         report: SubmitReport,
         progress: Callable[[str], None],
         started: float,
     ) -> None:
-        self.conn = conn
+        self.db_path = db_path
+        self.journal = journal
         self.batches = batches
         self.answers = answers
         self.report = report
@@ -250,27 +284,35 @@ class _Dispatcher:
         self.oldest = 0.0  # when the oldest unrecorded outcome came in
         self.last_progress = started
 
+    def claim(self) -> None:
+        """One write section: flag the next rows `sending` for every panel that wants rows."""
+        wanting = [b for b in self.batches if b.wants_rows]
+        if not wanting:
+            return
+        with connect(self.db_path) as conn:
+            for batch in wanting:
+                rows = batch.next_claim()
+                flagged = mark_sending(
+                    conn, batch.panel, [r.ref for r in rows], self.journal.claim_id
+                )
+                batch.queue_claimed(rows, flagged)
+
     def run(self) -> None:
         while not all(b.finished for b in self.batches) or self.unrecorded:
             for batch in self.batches:
                 if batch.stop.is_set() and batch.panel not in self.report.stopped_panels:
                     self.report.stopped_panels.append(batch.panel)
                     self._collect(batch.stop_unclaimed())
-                    self.progress(f"{batch.panel}: Not enough funds on balance: batch stopped")
-                batch.claim(self.conn)
+                    self.progress(f"{batch.panel}: batch stopped: {batch.stop_reason}")
+            self.claim()
             done = all(b.finished for b in self.batches)
             wait = 0.0 if done else OUTCOME_BATCH_SECONDS
             if self.unrecorded:
                 wait = min(wait, self.oldest + OUTCOME_BATCH_SECONDS - time.perf_counter())
-            for batch, row, result in _answers_within(self.answers, wait):
+            for batch, row, outcome in _answers_within(self.answers, wait):
                 batch.open -= 1
-                outcome = (
-                    _stopped(batch.panel, row.ref)
-                    if result is None
-                    else outcome_of(batch.panel, row.ref, result)
-                )
-                self._collect([(outcome, row.cost)])
-            self._record_if_due(all(b.finished for b in self.batches))
+                self._collect([(outcome or batch.stopped(row.ref), row.cost)])
+            self.record_if_due(all(b.finished for b in self.batches))
         if self.report.total:
             self._progress_line()
 
@@ -279,7 +321,7 @@ class _Dispatcher:
             self.oldest = time.perf_counter()
         self.unrecorded += outcomes
 
-    def _record_if_due(self, finished: bool) -> None:
+    def record_if_due(self, finished: bool) -> None:
         now = time.perf_counter()
         due = (
             finished
@@ -288,9 +330,13 @@ class _Dispatcher:
         )
         if not self.unrecorded or not due:
             return
-        record_outcomes(self.conn, [o for o, _ in self.unrecorded])
-        for outcome, cost in self.unrecorded:
-            self.report.add(outcome, cost)
+        costs = {(o.panel, o.ref): cost for o, cost in self.unrecorded}
+        with connect(self.db_path) as conn:
+            written = record_outcomes(
+                conn, [o for o, _ in self.unrecorded], claim_id=self.journal.claim_id
+            )
+        for outcome in written:
+            self.report.add(outcome, costs[(outcome.panel, outcome.ref)])
         self.unrecorded = []
         if now - self.last_progress >= PROGRESS_SECONDS:
             self._progress_line()
@@ -304,15 +350,81 @@ class _Dispatcher:
         )
 
 
-def _rows_by_panel(conn: duckdb.DuckDBPyConnection, file_hash: str) -> dict[str, list[_Row]]:
-    """The file's pending rows per panel, in file order, with their `add` fields parsed."""
-    by_panel: dict[str, list[_Row]] = {}
-    for record in pending_rows(conn, file_hash).to_dict("records"):
-        row = _Row(
+def settle_interrupted(db_path: Path, progress: Callable[[str], None]) -> Settled:
+    """Settle what dead submitting processes left `sending` (see journal.py)."""
+    with connect(db_path) as conn:
+        settled = settle_dead_claims(conn, journal_dir(db_path))
+    if settled.rows:
+        progress(
+            f"an earlier run stopped mid-send: {settled.answered} answers it had received "
+            f"recorded, {settled.released} rows it never sent pending again, "
+            f"{settled.ambiguous} rows in flight marked ambiguous (never resent)"
+        )
+    return settled
+
+
+def _require_clients(rows: Mapping[str, object], clients: Mapping[str, PanelClient]) -> None:
+    missing = sorted(set(rows) - set(clients))
+    if missing:
+        raise ValueError(f"no panel client for {', '.join(missing)}: nothing was sent")
+
+
+def submit_rows(
+    db_path: Path,
+    rows: Mapping[str, list[PendingRow]],
+    clients: Mapping[str, PanelClient],
+    *,
+    progress: Callable[[str], None] = log.info,
+    report: SubmitReport | None = None,
+) -> SubmitReport:
+    """Send these pending rows (per panel, in order), panels in parallel, each within its own
+    limits; a row some other process claimed meanwhile is left to it."""
+    started = time.perf_counter()
+    report = report or SubmitReport()
+    _require_clients(rows, clients)
+    report.total = sum(len(r) for r in rows.values())
+    calls_before = sum(c.total_calls for c in clients.values())
+    journal = AnswerJournal(journal_dir(db_path))
+    answers: queue.Queue[_Answer] = queue.Queue()
+    abort = threading.Event()
+    batches = [
+        _PanelBatch(p, clients[p], r, journal, answers, abort) for p, r in sorted(rows.items())
+    ]
+    dispatcher = _Dispatcher(db_path, journal, batches, answers, report, progress, started)
+    clean = False
+    try:
+        for batch in batches:
+            batch.start()
+        dispatcher.run()
+        clean = True
+    finally:
+        if not clean:
+            abort.set()
+        for batch in batches:
+            batch.close()
+        stopped = all(b.join(None if clean else _JOIN_SECONDS_ON_INTERRUPT) for b in batches)
+        if clean:
+            journal.close()
+        elif stopped:
+            # Interrupted: every answer is journaled, and claims never journaled were never
+            # sent. Settled now, so the warehouse is as true as after a finished run. (With a
+            # request still in flight the journal stays locked until the process is gone.)
+            journal.release()
+            settle_interrupted(db_path, progress)
+    report.calls = sum(c.total_calls for c in clients.values()) - calls_before
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def rows_by_panel(records: list[dict]) -> dict[str, list[PendingRow]]:
+    """Pending outbox records (PENDING_COLUMNS) as rows to send, per panel, in order."""
+    by_panel: dict[str, list[PendingRow]] = {}
+    for record in records:
+        row = PendingRow(
             record["ref"], json.loads(record["params"]), Decimal(str(record["estimated_cost"]))
         )
         by_panel.setdefault(record["panel"], []).append(row)
-    return dict(sorted(by_panel.items()))
+    return by_panel
 
 
 def submit_file(
@@ -322,35 +434,13 @@ def submit_file(
     *,
     progress: Callable[[str], None] = log.info,
 ) -> SubmitReport:
-    """Send every pending row of a file; panels in parallel, each within its own limits."""
-    started = time.perf_counter()
-    report = SubmitReport()
+    """Settle what dead runs left in flight, then send every pending row of a file."""
     with connect(db_path) as conn:
-        rows = _rows_by_panel(conn, file_hash)
-        missing = sorted(set(rows) - set(clients))
-        if missing:
-            raise ValueError(f"no panel client for {', '.join(missing)}: nothing was sent")
-        report.recovered_ambiguous = mark_interrupted_as_ambiguous(conn, file_hash)
-        if report.recovered_ambiguous:
-            progress(
-                f"{report.recovered_ambiguous} rows were caught mid-send by an earlier run: "
-                "marked ambiguous, not resent"
-            )
-        report.total = sum(len(r) for r in rows.values())
-        calls_before = sum(c.total_calls for c in clients.values())
-        answers: queue.Queue[_Answer] = queue.Queue()
-        abort = threading.Event()
-        batches = [_PanelBatch(p, clients[p], r, answers, abort) for p, r in rows.items()]
-        try:
-            for batch in batches:
-                batch.start(conn)
-            _Dispatcher(conn, batches, answers, report, progress, started).run()
-        finally:
-            abort.set()  # after a failure here, queued rows stay `sending`: never resent
-            for batch in batches:
-                batch.close()
-            for batch in batches:
-                batch.join()
-    report.calls = sum(c.total_calls for c in clients.values()) - calls_before
-    report.seconds = time.perf_counter() - started
-    return report
+        records = pending_rows(conn, file_hash).to_dict("records")
+    rows = rows_by_panel(records)
+    _require_clients(rows, clients)
+    report = SubmitReport(settled=settle_interrupted(db_path, progress))
+    if report.settled.released:  # rows a dead run claimed but never sent: this file's too
+        with connect(db_path) as conn:
+            rows = rows_by_panel(pending_rows(conn, file_hash).to_dict("records"))
+    return submit_rows(db_path, rows, clients, progress=progress, report=report)

@@ -1,9 +1,11 @@
 """The `orders` table as an outbox: rows are recorded before their `add` is sent.
 
-States (`submit_state`): pending (recorded, not sent) → sending (the `add` may be in flight) →
-submitted | failed | ambiguous; the operator may later turn ambiguous into submitted
-(attach the panel's id), pending (resubmit on purpose) or abandoned. A row left in `sending` by
-a crash becomes ambiguous: it may have reached the panel, so it is never resent by itself.
+States (`submit_state`): pending (recorded, not sent) → sending (claimed by a submitting
+process, whose answer journal says whether its `add` left) → submitted | failed | ambiguous;
+the operator may later turn ambiguous into submitted (attach the panel's id), pending
+(resubmit on purpose) or abandoned. A row left in `sending` by a dead process is settled from
+its journal: answered, ambiguous (in flight: it may exist on the panel, never resent by
+itself) or pending again (provably never sent).
 
 Every write is one set-based statement over a DataFrame.
 """
@@ -14,16 +16,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import duckdb
 import pandas as pd
 
 from smm_pipeline.panel.order_types import format_money
+from smm_pipeline.warehouse.journal import dead_claims, live_claim_ids
 
-SUBMIT_STATES = ("pending", "sending", "submitted", "ambiguous", "failed", "abandoned")
 # A ref in one of these states may be sent again by a later file: it never reached the panel.
 RESUBMITTABLE_STATES = ("failed",)
+# The operator may resubmit (or abandon) a row in these states: ambiguous, or pending (left by
+# a resubmit or a file run that was killed before sending it).
+RESENDABLE_STATES = ("ambiguous", "pending")
 
 OUTBOX_COLUMNS = [
     "panel", "ref", "source_file", "file_hash", "row_number", "campaign", "service_id",
@@ -102,25 +108,6 @@ def record_pending(
     return len(frame)
 
 
-def mark_interrupted_as_ambiguous(
-    conn: duckdb.DuckDBPyConnection, file_hash: str | None = None
-) -> int:
-    """Rows left in `sending` (a run died mid-send) become ambiguous. Returns how many."""
-    where = "submit_state = 'sending'" + (" AND file_hash = ?" if file_hash else "")
-    params = [file_hash] if file_hash else []
-    count = conn.execute(f"SELECT count(*) FROM orders WHERE {where}", params).fetchall()[0][0]
-    if count:
-        conn.execute(
-            f"""
-            UPDATE orders SET submit_state = 'ambiguous',
-                submit_error = 'interrupted while sending: the order may exist on the panel'
-            WHERE {where}
-            """,
-            params,
-        )
-    return count
-
-
 PENDING_COLUMNS = [
     "panel", "ref", "row_number", "service_id", "service_type", "params", "estimated_cost",
 ]  # fmt: skip
@@ -155,20 +142,23 @@ def pending_keys(conn: duckdb.DuckDBPyConnection, keys: Sequence[tuple[str, str]
     return pd.DataFrame(rows, columns=PENDING_COLUMNS, dtype=object)
 
 
-def mark_sending(conn: duckdb.DuckDBPyConnection, panel: str, refs: Sequence[str]) -> set[str]:
-    """Durably flag rows as possibly in flight, before their requests leave.
+def mark_sending(
+    conn: duckdb.DuckDBPyConnection, panel: str, refs: Sequence[str], claim_id: str
+) -> set[str]:
+    """Durably flag rows as possibly in flight under a journal's claim, before their
+    requests leave (journal.py says which of them did).
 
     Returns the refs this call flagged: only those may be sent. A ref that is no longer
-    `pending` (another run claimed it, an operator resolved it) is not returned."""
+    `pending` (another process claimed it, an operator resolved it) is not returned."""
     if not refs:
         return set()
     rows = conn.execute(
         """
-        UPDATE orders SET submit_state = 'sending'
+        UPDATE orders SET submit_state = 'sending', claim_id = ?
         WHERE panel = ? AND submit_state = 'pending' AND ref IN (SELECT unnest(?))
         RETURNING ref
         """,
-        [panel, list(refs)],
+        [claim_id, panel, list(refs)],
     ).fetchall()
     return {r[0] for r in rows}
 
@@ -181,37 +171,201 @@ class SubmitOutcome:
     order_id: int | None = None
     error: str | None = None
     submitted_at: datetime | None = None
+    answered_order_id: int | None = None  # an id the panel answered that another row holds
+
+    def to_json(self) -> dict[str, Any]:
+        """The outcome as the answer journal keeps it."""
+        return {
+            "panel": self.panel,
+            "ref": self.ref,
+            "state": self.submit_state,
+            "order_id": self.order_id,
+            "error": self.error,
+            "at": self.submitted_at.isoformat() if self.submitted_at else None,
+        }
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> SubmitOutcome:
+        at = entry.get("at")
+        return cls(
+            entry["panel"], entry["ref"], entry["state"], entry.get("order_id"),
+            entry.get("error"), datetime.fromisoformat(at) if at else None,
+        )  # fmt: skip
 
 
-def record_outcomes(conn: duckdb.DuckDBPyConnection, outcomes: Sequence[SubmitOutcome]) -> None:
-    """Write the outcomes of one window of sends in one statement."""
-    if not outcomes:
-        return
-    frame = pd.DataFrame(
+def _outcome_frame(outcomes: Sequence[SubmitOutcome]) -> pd.DataFrame:
+    return pd.DataFrame(
         {
             "panel": [o.panel for o in outcomes],
             "ref": [o.ref for o in outcomes],
             "submit_state": [o.submit_state for o in outcomes],
             "order_id": pd.array([o.order_id for o in outcomes], dtype="Int64"),
+            "answered_order_id": pd.array([o.answered_order_id for o in outcomes], dtype="Int64"),
             "error": pd.array([o.error for o in outcomes], dtype="string"),
             "submitted_at": pd.to_datetime([o.submitted_at for o in outcomes], utc=True),
         }
     )
-    conn.register("_outcomes", frame)
+
+
+def _one_row_per_order_id(
+    conn: duckdb.DuckDBPyConnection, outcomes: Sequence[SubmitOutcome]
+) -> list[SubmitOutcome]:
+    """An order id the panel answered that another row already holds (or an earlier outcome
+    of the same batch) does not make a second `submitted` row: that row is ambiguous, the id
+    kept as `answered_order_id` (so spend counts the order once) for the operator to check."""
+    answered = [o for o in outcomes if o.submit_state == "submitted" and o.order_id is not None]
+    if not answered:
+        return list(outcomes)
+    conn.register("_answered", _outcome_frame(answered))
+    try:
+        held = conn.execute(
+            """
+            SELECT o.panel, o.order_id, min(o.ref) FROM orders o
+            JOIN _answered a ON o.panel = a.panel AND o.order_id = a.order_id AND o.ref <> a.ref
+            GROUP BY ALL
+            """
+        ).fetchall()
+    finally:
+        conn.unregister("_answered")
+    holder = {(panel, order_id): ref for panel, order_id, ref in held}
+    result = []
+    for o in outcomes:
+        key = (o.panel, o.order_id)
+        other = holder.get(key) if o.submit_state == "submitted" else None
+        if o.submit_state == "submitted" and other is None:
+            holder[key] = o.ref  # a later outcome of this batch with the same id is the twin
+        elif other is not None and other != o.ref:
+            o = SubmitOutcome(
+                o.panel, o.ref, "ambiguous", None,
+                f"the panel answered order id {o.order_id}, which ref {other!r} already "
+                "holds: maybe one order for both rows, maybe two; check the panel's order "
+                "list, then attach the right id, resubmit or abandon",
+                o.submitted_at, answered_order_id=o.order_id,
+            )  # fmt: skip
+        result.append(o)
+    return result
+
+
+def record_outcomes(
+    conn: duckdb.DuckDBPyConnection,
+    outcomes: Sequence[SubmitOutcome],
+    *,
+    claim_id: str | None = None,
+) -> list[SubmitOutcome]:
+    """Write the outcomes of a batch of sends in one statement; returns them as written
+    (an order id another row holds turns its row ambiguous).
+
+    With `claim_id`, only rows that claim flagged `sending` take an answer (a replayed
+    journal never overwrites what happened since), and pending rows take only a `failed`
+    outcome (not sent: their panel's batch stopped)."""
+    if not outcomes:
+        return []
+    outcomes = _one_row_per_order_id(conn, outcomes)
+    conn.register("_outcomes", _outcome_frame(outcomes))
+    guard = (
+        """AND ((orders.submit_state = 'sending' AND orders.claim_id = ?)
+             OR (orders.submit_state = 'pending' AND u.submit_state = 'failed'))"""
+        if claim_id is not None
+        else ""
+    )
     try:
         conn.execute(
-            """
+            f"""
             UPDATE orders SET submit_state = u.submit_state, order_id = u.order_id,
+                answered_order_id = u.answered_order_id,
                 submit_error = u.error, submitted_at = u.submitted_at,
                 next_poll_at = CASE WHEN u.submit_state = 'submitted'
                                     THEN u.submitted_at END,
                 updated_at = u.submitted_at
             FROM _outcomes u
-            WHERE orders.panel = u.panel AND orders.ref = u.ref
-            """
+            WHERE orders.panel = u.panel AND orders.ref = u.ref {guard}
+            """,
+            [claim_id] if claim_id is not None else [],
         )
     finally:
         conn.unregister("_outcomes")
+    return outcomes
+
+
+INTERRUPTED = "interrupted while sending: the order may exist on the panel"
+
+
+@dataclass
+class Settled:
+    """What settling dead claims did to their `sending` rows."""
+
+    answered: int = 0  # the journal held the answer: recorded
+    ambiguous: int = 0  # in flight when the process died: ambiguous
+    released: int = 0  # never sent: pending again
+
+    @property
+    def rows(self) -> int:
+        return self.answered + self.ambiguous + self.released
+
+
+def settle_dead_claims(conn: duckdb.DuckDBPyConnection, directory: Path) -> Settled:
+    """Settle every `sending` row whose claiming process is gone (journal.py): its journaled
+    answer is recorded, a request in flight becomes ambiguous, a row never sent is pending
+    again. A `sending` row whose claim has no journal at all (written before journals, or a
+    journal lost with its disk) may have been sent: ambiguous."""
+    settled = Settled()
+    live = live_claim_ids(directory)
+    with dead_claims(directory) as dead:
+        journals = {claim.claim_id: claim for claim in dead}
+        rows = conn.execute(
+            "SELECT panel, ref, claim_id FROM orders WHERE submit_state = 'sending'"
+        ).fetchall()
+        by_claim: dict[str | None, list[tuple[str, str]]] = {}
+        for panel, ref, claim_id in rows:
+            if claim_id not in live or claim_id in journals:
+                by_claim.setdefault(claim_id, []).append((panel, ref))
+        for claim_id, keys in by_claim.items():
+            journal = journals.get(claim_id) if claim_id is not None else None
+            outcomes = []
+            for panel, ref in keys:
+                answer = journal.answers.get((panel, ref)) if journal else None
+                if answer is not None:
+                    outcomes.append(SubmitOutcome.from_json(answer))
+                    settled.answered += 1
+                elif journal is None or (panel, ref) in journal.sent:
+                    outcomes.append(SubmitOutcome(panel, ref, "ambiguous", error=INTERRUPTED))
+                    settled.ambiguous += 1
+                else:
+                    outcomes.append(SubmitOutcome(panel, ref, "pending"))
+                    settled.released += 1
+            if claim_id is None:
+                _settle(conn, outcomes, "claim_id IS NULL")
+            else:
+                _settle(conn, outcomes, "claim_id = ?", claim_id)
+    return settled
+
+
+def _settle(
+    conn: duckdb.DuckDBPyConnection, outcomes: list[SubmitOutcome], where: str, *params: str
+) -> None:
+    answered = [o for o in outcomes if o.submit_state != "pending"]
+    if answered:
+        outcomes = _one_row_per_order_id(conn, answered) + [
+            o for o in outcomes if o.submit_state == "pending"
+        ]
+    conn.register("_settled", _outcome_frame(outcomes))
+    try:
+        conn.execute(
+            f"""
+            UPDATE orders SET submit_state = u.submit_state, order_id = u.order_id,
+                answered_order_id = u.answered_order_id, submit_error = u.error,
+                submitted_at = u.submitted_at, claim_id = NULL,
+                next_poll_at = CASE WHEN u.submit_state = 'submitted'
+                                    THEN u.submitted_at END,
+                updated_at = coalesce(u.submitted_at, orders.updated_at)
+            FROM _settled u
+            WHERE orders.panel = u.panel AND orders.ref = u.ref
+              AND orders.submit_state = 'sending' AND orders.{where}
+            """,
+            list(params),
+        )
+    finally:
+        conn.unregister("_settled")
 
 
 class FileRow(NamedTuple):
@@ -250,7 +404,8 @@ def resolve_rows(
     resolutions: Sequence[tuple[str, str, str, int | None]],
     resolved_at: datetime,
 ) -> dict[tuple[str, str], str]:
-    """Apply operator resolutions (panel, ref, action, order_id) to ambiguous rows.
+    """Apply operator resolutions (panel, ref, action, order_id) to ambiguous rows (resubmit
+    and abandon: to pending rows too).
 
     attach → submitted with the panel's order id; resubmit → pending (sent by the caller);
     abandon → abandoned. Returns an error message per key that could not be applied."""
@@ -260,7 +415,9 @@ def resolve_rows(
         row = current.get((panel, ref))
         if row is None:
             errors[(panel, ref)] = f"no order with ref {ref!r} on panel {panel!r}"
-        elif row.submit_state != "ambiguous":
+        elif row.submit_state not in RESENDABLE_STATES or (
+            action == "attach" and row.submit_state != "ambiguous"
+        ):
             errors[(panel, ref)] = f"ref {ref!r} is {row.submit_state}, not ambiguous"
         elif action == "attach" and order_id is None:
             errors[(panel, ref)] = "attach needs the panel's order_id"
@@ -278,6 +435,7 @@ def resolve_rows(
                     submit_state = CASE r.action WHEN 'attach' THEN 'submitted'
                         WHEN 'resubmit' THEN 'pending' ELSE 'abandoned' END,
                     order_id = CASE WHEN r.action = 'attach' THEN r.order_id ELSE NULL END,
+                    answered_order_id = NULL, claim_id = NULL,
                     submit_error = CASE r.action WHEN 'attach' THEN NULL
                         WHEN 'resubmit' THEN NULL
                         ELSE 'abandoned by the operator: ' || coalesce(submit_error, '') END,
