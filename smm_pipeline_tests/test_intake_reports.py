@@ -1,4 +1,5 @@
-"""errors.csv and results.csv: names, columns, exact money, and atomic writes."""
+"""errors.csv and results.csv: names (within 255 bytes), columns, exact money, atomic writes,
+and no cell a spreadsheet would run as a formula."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from smm_pipeline.intake.reports import (
     RESULTS_COLUMNS,
     ResultRow,
     errors_report_path,
+    fit_file_name,
     results_report_path,
     write_csv_atomic,
     write_errors_csv,
@@ -89,3 +91,62 @@ def test_a_failed_write_leaves_the_old_report_and_no_temporary_file(tmp_path: Pa
         write_csv_atomic(path, ("a", "b"), rows_then_crash())
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.results.csv"]
+
+
+def test_text_cells_that_a_spreadsheet_would_run_get_a_leading_quote(tmp_path: Path) -> None:
+    path = write_csv_atomic(
+        tmp_path / "x.results.csv",
+        ("row", "ref", "error", "estimated_cost"),
+        [
+            (1, "=1+2", "@SUM(A1:A9)", "0.27"),
+            (2, "+31 6 1234", "-cmd", "12"),
+            (3, "\tx", "\rx", ""),
+            (4, "\nx", "a=b", "0"),
+            (5, "plain", "'already quoted", "1E+1"),
+        ],
+    )
+    assert read_rows(path) == [
+        ["row", "ref", "error", "estimated_cost"],
+        ["1", "'=1+2", "'@SUM(A1:A9)", "0.27"],
+        ["2", "'+31 6 1234", "'-cmd", "12"],
+        ["3", "'\tx", "'\rx", ""],
+        ["4", "'\nx", "a=b", "0"],
+        ["5", "plain", "'already quoted", "1E+1"],
+    ]
+
+
+def test_reports_neutralise_user_text_but_not_our_numbers(tmp_path: Path) -> None:
+    errors = [RowError(2, '=HYPERLINK("http://evil")', "-5 is below the minimum 10")]
+    assert read_rows(write_errors_csv(tmp_path / "e.csv", errors))[1] == [
+        "2",
+        '\'=HYPERLINK("http://evil")',
+        "'-5 is below the minimum 10",
+    ]
+    results = [
+        ResultRow(1, "@ref", "+panel", 7, 9001, "=error", Decimal("0.5"), "failed"),
+    ]
+    assert read_rows(write_results_csv(tmp_path / "r.csv", results))[1] == [
+        "1", "'@ref", "'+panel", "7", "9001", "'=error", "0.5", "failed"
+    ]  # fmt: skip
+
+
+def test_names_over_255_bytes_keep_a_cut_stem_and_a_hash(tmp_path: Path) -> None:
+    assert fit_file_name("june", ".results.csv") == "june.results.csv"
+    stem = "订" * 83 + "ab"  # a 255-byte file name with .csv
+    fitted = fit_file_name(stem, ".results.csv")
+    # 234 bytes of stem fit beside "~" + 8 hex digits + ".results.csv": 78 whole characters.
+    assert fitted.startswith("订" * 78 + "~") and fitted.endswith(".results.csv")
+    assert len(fitted.encode()) == 255
+    assert fitted == fit_file_name(stem, ".results.csv")
+    assert fitted != fit_file_name(stem[:-1] + "c", ".results.csv")  # the hash tells them apart
+    odd = fit_file_name("ab" + "订" * 84, ".errors.csv")  # 235 bytes end inside a character
+    assert odd.split("~")[0] == "ab" + "订" * 77 and len(odd.encode()) == 253
+    assert results_report_path(tmp_path, stem + ".csv") == tmp_path / fitted
+
+
+def test_a_report_beside_a_255_byte_name_is_written(tmp_path: Path) -> None:
+    name = "订" * 83 + "ab.csv"
+    assert len(name.encode()) == 255
+    path = write_errors_csv(errors_report_path(tmp_path, name), [RowError(1, "link", "bad")])
+    assert read_rows(path)[1] == ["1", "link", "bad"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left

@@ -5,11 +5,23 @@ line per order row) beside a processed one; `<name>` is the dropped file's name 
 extension. Reports are plain UTF-8 (no BOM), RFC 4180, and written atomically: a temporary
 file in the same folder, flushed to disk, then renamed over the target, so a reader or a
 crashed run never sees half a report.
+
+File systems take names of at most 255 bytes. A dropped file may use all of them, so a name
+derived from it (its report, a time-stamped variant) that would be longer keeps as much of the
+stem as fits, cut on a character boundary, and ends it with `~` and 8 hex digits of the whole
+stem's sha256: still recognisable, still unique, and the same every time it is computed.
+
+Every text cell is neutralised against spreadsheet formula injection (OWASP "CSV injection"):
+a cell that starts with `=`, `+`, `-`, `@`, a tab, a carriage return or a line feed gets a
+leading `'`, so Excel, LibreOffice and Google Sheets show it as text instead of running it.
+Numbers the pipeline writes itself (row numbers, order ids, costs) are never negative and are
+left as they are.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -25,6 +37,8 @@ __all__ = [
     "RESULTS_COLUMNS",
     "ResultRow",
     "errors_report_path",
+    "fit_file_name",
+    "neutralise_cell",
     "results_report_path",
     "write_csv_atomic",
     "write_errors_csv",
@@ -60,32 +74,63 @@ class ResultRow:
     submit_state: str
 
 
+NAME_MAX_BYTES = 255  # one path component, on every common file system
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def fit_file_name(stem: str, suffix: str, *, limit: int = NAME_MAX_BYTES) -> str:
+    """`stem + suffix`, or, when that is longer than `limit` bytes in UTF-8, as much of `stem`
+    as fits followed by `~` and 8 hex digits of the whole stem's sha256, then `suffix`."""
+    name = stem + suffix
+    if len(name.encode("utf-8", "surrogateescape")) <= limit:
+        return name
+    tag = "~" + hashlib.sha256(stem.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    room = limit - len((tag + suffix).encode("utf-8", "surrogateescape"))
+    if room < 0:
+        raise ValueError(f"suffix {suffix!r} leaves no room for a file name")
+    kept = stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return kept + tag + suffix
+
+
+def neutralise_cell(value: object) -> object:
+    """A text cell that a spreadsheet would take as a formula gets a leading `'`; anything else
+    (numbers, empty or harmless text) is returned unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _report_path(directory: Path | str, file_name: str, kind: str) -> Path:
-    return Path(directory) / f"{Path(file_name).stem}.{kind}.csv"
+    return Path(directory) / fit_file_name(Path(file_name).stem, f".{kind}.csv")
 
 
 def errors_report_path(directory: Path | str, file_name: str) -> Path:
-    """`<directory>/<name>.errors.csv` for a dropped file called `file_name`."""
+    """`<directory>/<name>.errors.csv` for a dropped file called `file_name` (shortened as the
+    module says when that would be over 255 bytes)."""
     return _report_path(directory, file_name, "errors")
 
 
 def results_report_path(directory: Path | str, file_name: str) -> Path:
-    """`<directory>/<name>.results.csv` for a dropped file called `file_name`."""
+    """`<directory>/<name>.results.csv` for a dropped file called `file_name` (shortened as
+    the module says when that would be over 255 bytes)."""
     return _report_path(directory, file_name, "results")
 
 
 def write_csv_atomic(
     path: Path | str, header: Sequence[str], rows: Iterable[Sequence[object]]
 ) -> Path:
-    """Write a CSV so that `path` holds either its old content or the complete new one."""
+    """Write a CSV so that `path` holds either its old content or the complete new one. Text
+    cells are neutralised against formula injection (`neutralise_cell`)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # mkstemp adds 8 characters and the suffix: keep the temporary name within 255 bytes too.
+    prefix = fit_file_name("." + target.name, ".", limit=NAME_MAX_BYTES - 16)
+    fd, temp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
+            writer.writerow([neutralise_cell(cell) for cell in header])
+            writer.writerows([neutralise_cell(cell) for cell in row] for row in rows)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, target)
@@ -111,12 +156,13 @@ def _sync_directory(directory: Path) -> None:
 
 
 def write_errors_csv(path: Path | str, errors: Iterable[RowError]) -> Path:
-    """`errors.csv`: row, column, message, in the order given."""
+    """`errors.csv`: row, column, message, in the order given (text cells neutralised)."""
     return write_csv_atomic(path, ERRORS_COLUMNS, ((e.row, e.column, e.message) for e in errors))
 
 
 def write_results_csv(path: Path | str, results: Iterable[ResultRow]) -> Path:
-    """`results.csv`: one line per order row; empty cells for absent values, money exact."""
+    """`results.csv`: one line per order row; empty cells for absent values, money exact, text
+    cells neutralised."""
     return write_csv_atomic(
         path,
         RESULTS_COLUMNS,
