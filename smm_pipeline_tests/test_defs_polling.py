@@ -213,6 +213,23 @@ def test_a_replica_that_cannot_be_published_is_a_warning_after_the_signal(pipeli
     assert "1 unfinished orders; the next is due at" in later.skip_message
 
 
+def test_an_order_file_whose_replica_cannot_be_published_still_signals_its_orders(
+    pipeline, sim, instance
+):
+    """The order file's run records the sensor's signal (the orders materialization) before
+    the replica publish, which may fail: the new orders are polled all the same."""
+    submit(pipeline, instance, 1)
+    replica_path(pipeline.db_path).unlink()
+    replica_path(pipeline.db_path).mkdir()  # every publish from now on fails
+    rows = "1,https://x.com/late,100,late\n"
+    result = drop_and_run(pipeline, instance, "late.csv", "service,link,quantity,ref\n" + rows)
+    assert result.success, event_texts(result)
+    assert "read-only replica was not refreshed" in run_logs(instance, result)
+    event = instance.get_latest_materialization_event(dg.AssetKey("orders"))
+    assert event.run_id == result.run_id
+    assert event.asset_materialization.metadata["open_orders"].value == 2
+
+
 def test_status_sensors_never_open_duckdb(pipeline, sim, instance, monkeypatch):
     submit(pipeline, instance, 1)
     instance.report_runless_asset_event(

@@ -42,7 +42,7 @@ def build_catalog_defs(panel_names: Sequence[str]) -> dg.Definitions:
         panel = context.partition_key
         with panels.client(panel) as client:
             refresh = refresh_catalog(client, warehouse.db_path)
-        warehouse.publish()
+        warehouse.publish(context.log)
         r = refresh.result
         context.log.info(
             f"{panel}: {r.services} services, {r.new} new, {r.changed} changed, "
@@ -76,7 +76,7 @@ def build_catalog_defs(panel_names: Sequence[str]) -> dg.Definitions:
         panel = context.partition_key
         with panels.client(panel) as client:
             balance = refresh_balance(client, warehouse.db_path)
-        warehouse.publish()
+        warehouse.publish(context.log)
         context.log.info(f"{panel}: balance {balance.balance} {balance.currency}")
         return dg.MaterializeResult(
             metadata={

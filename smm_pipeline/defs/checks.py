@@ -17,6 +17,7 @@ from smm_pipeline.operations.resolution import (
     ResolutionRefused,
     resolve_ambiguous,
 )
+from smm_pipeline.warehouse.journal import journal_dir, live_claim_ids
 from smm_pipeline.warehouse.monitoring import (
     STALE_PENDING_MINUTES,
     ambiguous_submissions,
@@ -80,11 +81,14 @@ def order_checks(
         if "ambiguous_submissions" in selected:
             yield _result(
                 "ambiguous_submissions",
-                ambiguous_submissions(conn),
+                ambiguous_submissions(
+                    conn, live_claims=live_claim_ids(journal_dir(warehouse.db_path))
+                ),
                 "no request with an unknown outcome",
                 "{n} request(s) with an unknown outcome: ambiguous orders: check each on the "
                 "panel, then attach, resubmit or abandon it with resolve_ambiguous_orders; "
-                "sending/pending orders: re-execute the submit_orders run of their file; "
+                "sending/pending orders (left by a dead run): re-execute the submit_orders run "
+                "of their file, or resubmit/abandon them with resolve_ambiguous_orders; "
                 "refills/cancels: check the order on the panel and drop a new file if needed",
             )
         if "stuck_orders" in selected:
@@ -154,10 +158,10 @@ def resolve_ambiguous_rows(
             )
         except ResolutionRefused as refused:
             raise dg.Failure(str(refused)) from None
-    warehouse.publish()
     context.log_event(
         orders_materialization(warehouse, "ambiguous orders resolved", enabled=settings.panel_names)
     )
+    warehouse.publish(context.log)
     for (panel, ref), message in report.errors.items():
         context.log.error(f"{panel}/{ref}: {message}")
     context.add_output_metadata(

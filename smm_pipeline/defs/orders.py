@@ -35,7 +35,7 @@ def validate_order_file(
                 log=context.log.info,
             )  # fmt: skip
     except FileRejected as rejected:
-        warehouse.publish()
+        warehouse.publish(context.log)
         raise rejection_failure(rejected) from None
     except FileChanged as changed:
         raise dg.Failure(description=str(changed), metadata={"file": config.file_name}) from None
@@ -102,9 +102,8 @@ def report_order_file(
     settings = panels.settings()
     with panels.clients(settings, only=prepared.panels) as clients:
         summary = finish_order_file(settings, warehouse.db_path, prepared, clients)
-    warehouse.publish()
     context.log.info(summary.line)
-    context.log_event(
+    context.log_event(  # the sensor's signal first: a failed publish must not lose it
         orders_materialization(
             warehouse,
             f"order file {prepared.file_name}",
@@ -114,6 +113,7 @@ def report_order_file(
             ambiguous=summary.ambiguous,
         )
     )
+    warehouse.publish(context.log)
     context.add_output_metadata(
         {
             "file": prepared.file_name,

@@ -11,12 +11,10 @@ from collections.abc import Collection
 from datetime import datetime
 
 import dagster as dg
-import duckdb
 
 from smm_pipeline.defs.metadata import markdown_table
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
 from smm_pipeline.operations.polling import poll_orders
-from smm_pipeline.warehouse.db import WarehouseError
 from smm_pipeline.warehouse.status import Cadence, open_summary
 
 POLL_ALL_TAG = "smm/poll"
@@ -48,15 +46,6 @@ def orders_materialization(
     )
 
 
-def publish_replica(context: dg.OpExecutionContext, warehouse: WarehouseResource) -> None:
-    """Refresh the analysts' replica; a failure (the live file held too long, a full disk) is a
-    warning: the run's writes are committed and the next run publishes again."""
-    try:
-        warehouse.publish()
-    except (WarehouseError, duckdb.Error, OSError) as exc:
-        context.log.warning(f"the read-only replica was not refreshed this time: {exc}")
-
-
 @dg.op(pool="duckdb", description="Poll every due unfinished order (all with tag smm/poll=all).")
 def poll_due_orders(
     context: dg.OpExecutionContext, panels: PanelsResource, warehouse: WarehouseResource
@@ -86,7 +75,7 @@ def poll_due_orders(
             open_on_disabled_panels=sum(report.disabled_open.values()),
         )
     )
-    publish_replica(context, warehouse)
+    warehouse.publish(context.log)
     context.add_output_metadata(
         {
             "mode": "all unfinished" if poll_all else "due only",

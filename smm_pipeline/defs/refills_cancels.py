@@ -116,9 +116,8 @@ def request_refill_file(
                 cadence, progress=context.log.info,
             )  # fmt: skip
     except FileRejected as rejected:
-        warehouse.publish()
+        warehouse.publish(context.log)
         raise rejection_failure(rejected) from None
-    warehouse.publish()
     _log_summary(context, summary, "refill")
     context.log_event(
         refills_materialization(
@@ -138,6 +137,7 @@ def request_refill_file(
                 enabled=settings.panel_names,
             )
         )
+    warehouse.publish(context.log)  # after the sensors' signals
     context.add_output_metadata(_file_metadata(summary))
 
 
@@ -165,9 +165,8 @@ def cancel_order_file(
                 _cadence(settings), progress=context.log.info,
             )  # fmt: skip
     except FileRejected as rejected:
-        warehouse.publish()
+        warehouse.publish(context.log)
         raise rejection_failure(rejected) from None
-    warehouse.publish()
     _log_summary(context, summary, "cancel")
     with warehouse.connect() as conn:
         total = count_requests(conn, "cancels")
@@ -194,6 +193,7 @@ def cancel_order_file(
             cancels_accepted=summary.count("accepted"),
         )
     )
+    warehouse.publish(context.log)  # after the sensors' signals
     context.add_output_metadata(_file_metadata(summary))
 
 
@@ -216,7 +216,7 @@ def poll_due_refills(
         report = poll_refills(
             warehouse.db_path, clients, cadence, poll_all=poll_all, progress=context.log.info
         )
-    warehouse.publish()
+    warehouse.publish(context.log)
     context.log.info(
         f"polled {report.polled} of {report.open_before} open refills in {report.calls} calls, "
         f"{report.changed} changed, {report.open_after} still open"

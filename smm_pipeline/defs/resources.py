@@ -7,6 +7,7 @@ made. Only the path of panels.yaml and of the DuckDB file are resource config.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ import duckdb
 
 from smm_pipeline.config import Settings, duckdb_path_from_env, load_settings
 from smm_pipeline.panel.client import PanelClient
-from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.db import WarehouseError, connect
 from smm_pipeline.warehouse.snapshot import publish_snapshot
 
 
@@ -67,6 +68,12 @@ class WarehouseResource(dg.ConfigurableResource):
         with connect(self.db_path) as conn:
             yield conn
 
-    def publish(self) -> None:
-        """Refresh the analysts' read-only replica after a write."""
-        publish_snapshot(self.db_path)
+    def publish(self, log: logging.Logger | dg.DagsterLogManager) -> None:
+        """Refresh the analysts' read-only replica after a write. A failure (the live file
+        held too long, a full disk) is a warning, never the run's failure: the run's writes
+        are committed, and the next run publishes again. Call it after the run's signals
+        to the sensors (materializations), so that a failed publish cannot lose them."""
+        try:
+            publish_snapshot(self.db_path)
+        except (WarehouseError, duckdb.Error, OSError) as exc:
+            log.warning(f"the read-only replica was not refreshed this time: {exc}")

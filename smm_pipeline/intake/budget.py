@@ -1,7 +1,9 @@
 """Does a file's batch fit each panel's money? (SPEC §3: fresh balance and max_batch_spend.)
 
 Checked per panel on the estimated costs of the rows that validated, before anything is sent.
-A panel with no known balance cannot be checked, so it is refused rather than guessed.
+A panel with no known balance cannot be checked, so it is refused rather than guessed. The
+estimated cost of rows other files still have pending or sending is reserved: two files
+validated back to back never together spend more than the balance.
 """
 
 from __future__ import annotations
@@ -25,13 +27,20 @@ def panel_totals(costs: Iterable[tuple[str, Decimal]]) -> dict[str, Decimal]:
 
 
 def batch_errors(
-    totals: Mapping[str, Decimal], settings: Settings, balances: Mapping[str, Decimal]
+    totals: Mapping[str, Decimal],
+    settings: Settings,
+    balances: Mapping[str, Decimal],
+    reserved: Mapping[str, Decimal] | None = None,
 ) -> list[RowError]:
-    """One error (row 0, column "batch") per panel whose batch does not fit; empty when all do."""
+    """One error (row 0, column "batch") per panel whose batch does not fit; empty when all do.
+
+    `reserved` is, per panel, the estimated cost of rows not yet settled elsewhere (still to
+    be sent, or in flight) that the balance must also cover."""
     errors: list[RowError] = []
     for panel, total in sorted(totals.items()):
         shown = format_money(total)
         balance = balances.get(panel)
+        held = (reserved or {}).get(panel, Decimal(0))
         if balance is None:
             errors.append(
                 RowError(
@@ -41,13 +50,18 @@ def batch_errors(
                     "cannot be checked; refresh panel_balances and drop the file again",
                 )
             )
-        elif total > balance:
+        elif total > balance - held:
+            less = (
+                f" less {format_money(held)} reserved for rows of other files not sent yet"
+                if held
+                else ""
+            )
             errors.append(
                 RowError(
                     0,
                     "batch",
                     f"panel {panel!r}: the batch's estimated cost {shown} is more than the "
-                    f"balance {format_money(balance)}; top up the panel or split the file",
+                    f"balance {format_money(balance)}{less}; top up the panel or split the file",
                 )
             )
         limit = settings.panel(panel).max_batch_spend

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 
 from smm_pipeline.config import Settings
@@ -52,6 +53,7 @@ from smm_pipeline.operations.inbox import (
 )
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.errors import PanelError
+from smm_pipeline.warehouse.balances import previous_currency
 from smm_pipeline.warehouse.catalog import catalog_age, load_catalog
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.orders import (
@@ -60,6 +62,7 @@ from smm_pipeline.warehouse.orders import (
     existing_refs,
     file_rows,
     record_pending,
+    reserved_spend,
 )
 from smm_pipeline.warehouse.processed_files import file_state, record_file
 
@@ -120,6 +123,24 @@ def _reject(
             outcome="rejected", rows=0, seen_at=datetime.now(UTC),
         )  # fmt: skip
     return rejected
+
+
+def _currency_errors(
+    conn: duckdb.DuckDBPyConnection, balances: Mapping[str, tuple[Decimal, str]]
+) -> list[RowError]:
+    """The estimates are in the currency the panel's prices were seen in: that of its balances
+    so far. A fresh balance in another currency means the rates may not be what they seem."""
+    errors = []
+    for panel, (_, currency) in sorted(balances.items()):
+        before = previous_currency(conn, panel)
+        if before is not None and currency and before != currency:
+            errors.append(
+                RowError(0, "batch", f"panel {panel!r}: its balance is now in {currency}, "
+                         f"but its prices and earlier balances were in {before}; the estimated "
+                         "costs cannot be compared with the balance: check the panel account's "
+                         "currency, then refresh service_catalog and drop the file again")
+            )  # fmt: skip
+    return errors
 
 
 def _outbox_frame(rows: list[ValidatedOrder], file_name: str, file_hash: str) -> pd.DataFrame:
@@ -248,12 +269,19 @@ def prepare_order_file(
     with connect(db_path) as conn:
         recorded = file_rows(conn, file_hash)
         state = file_state(conn, file_hash, "orders")
-    if recorded and state is not None and state[1] == "accepted":
+    # Filed already, yet rows of it are pending (an interrupted resubmit, or a run re-executed
+    # after its rows were released): they are sent, whoever's run this is (claims are atomic).
+    unsent = (
+        state is not None
+        and state[1] == "processed"
+        and any(r.submit_state == "pending" for r in recorded)
+    )
+    if recorded and state is not None and (state[1] == "accepted" or unsent):
         if changed:
             log(f"{file_name} was rewritten since this run began; the recorded rows are resumed "
                 "and the new content is left for its own run")  # fmt: skip
         return _resume(settings, db_path, file_name, file_hash, None if changed else content,
-                       state[0], recorded, clients, log)  # fmt: skip
+                       file_name if unsent else state[0], recorded, clients, log)  # fmt: skip
     if changed:
         raise FileChanged(
             f"{source} changed after the sensor saw it (its sha256 is no longer "
@@ -323,7 +351,8 @@ def prepare_order_file(
             panel_totals((r.panel, r.estimated_cost) for r in to_send),
             settings,
             {p: b for p, (b, _) in balances.items()},
-        )
+            reserved_spend(conn, file_hash),
+        ) + _currency_errors(conn, balances)
         if not budget:
             conn.begin()  # the outbox rows and the file's `accepted` outcome, or neither
             record_pending(conn, _outbox_frame(to_send, file_name, file_hash), datetime.now(UTC))

@@ -297,13 +297,16 @@ class _Dispatcher:
                 )
                 batch.queue_claimed(rows, flagged)
 
+    def _stop_stopped(self) -> None:
+        for batch in self.batches:
+            if batch.stop.is_set() and batch.panel not in self.report.stopped_panels:
+                self.report.stopped_panels.append(batch.panel)
+                self._collect(batch.stop_unclaimed())
+                self.progress(f"{batch.panel}: batch stopped: {batch.stop_reason}")
+
     def run(self) -> None:
         while not all(b.finished for b in self.batches) or self.unrecorded:
-            for batch in self.batches:
-                if batch.stop.is_set() and batch.panel not in self.report.stopped_panels:
-                    self.report.stopped_panels.append(batch.panel)
-                    self._collect(batch.stop_unclaimed())
-                    self.progress(f"{batch.panel}: batch stopped: {batch.stop_reason}")
+            self._stop_stopped()
             self.claim()
             done = all(b.finished for b in self.batches)
             wait = 0.0 if done else OUTCOME_BATCH_SECONDS
@@ -312,6 +315,7 @@ class _Dispatcher:
             for batch, row, outcome in _answers_within(self.answers, wait):
                 batch.open -= 1
                 self._collect([(outcome or batch.stopped(row.ref), row.cost)])
+            self._stop_stopped()  # a stop whose rows were all claimed ends the loop here
             self.record_if_due(all(b.finished for b in self.batches))
         if self.report.total:
             self._progress_line()

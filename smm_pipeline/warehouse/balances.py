@@ -41,3 +41,19 @@ def latest_balances(conn: duckdb.DuckDBPyConnection) -> dict[str, BalanceRow]:
         """
     ).fetchall()
     return {r[0]: BalanceRow(*r) for r in rows}
+
+
+def previous_currency(conn: duckdb.DuckDBPyConnection, panel: str) -> str | None:
+    """The currency the panel's catalog prices are taken to be in: that of the first balance
+    fetched after its last catalog sync (None when there is none to go by). Refreshing the
+    catalog therefore accepts the account's current currency."""
+    rows = conn.execute(
+        """
+        SELECT b.currency FROM balances b
+        WHERE b.panel = ? AND b.currency IS NOT NULL
+          AND b.fetched_at >= (SELECT max(synced_at) FROM catalog_syncs WHERE panel = ?)
+        ORDER BY b.fetched_at LIMIT 1
+        """,
+        [panel, panel],
+    ).fetchall()
+    return rows[0][0] if rows else None

@@ -6,11 +6,11 @@ Finished means `FINISHED_STATUSES` (panel/statuses.py), the one definition the p
 changed something on a panel, one row each with its `kind` and `state`:
 
 - order `ambiguous`: the add may have reached the panel (resolve_ambiguous_orders);
-- order `sending`: a run was killed mid-send and never re-executed (re-executing it turns the
-  row ambiguous);
+- order `sending` whose claiming process is gone (a live one's rows are in flight, not
+  listed): the next submission or resolve run settles it from that process's journal;
 - order `pending` for longer than `STALE_PENDING_MINUTES`: recorded but never sent, because its
-  run died before sending it (re-executing the run sends it). Younger pending rows are a run
-  at work;
+  run died before sending it (re-executing the run, or a resubmit, sends it). Younger pending
+  rows are a run at work;
 - refill `ambiguous`, until a later refill request of the same order is recorded (dropping a
   new file naming the order settles it: the panel accepts or refuses it);
 - cancel `ambiguous`, until the order finishes (its final status says whether the cancel
@@ -22,6 +22,8 @@ design, so its age says nothing about being stuck.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import duckdb
 import pandas as pd
 
@@ -31,8 +33,12 @@ STALE_PENDING_MINUTES = 30
 
 
 def ambiguous_submissions(
-    conn: duckdb.DuckDBPyConnection, pending_minutes: float = STALE_PENDING_MINUTES
+    conn: duckdb.DuckDBPyConnection,
+    pending_minutes: float = STALE_PENDING_MINUTES,
+    live_claims: Collection[str] = (),
 ) -> pd.DataFrame:
+    """`live_claims`: claim ids of processes sending right now (journal.live_claim_ids);
+    their `sending` rows are in flight, not left behind."""
     return conn.execute(
         f"""
         SELECT 'order' AS kind, submit_state AS state, panel, ref, order_id, source_file,
@@ -40,7 +46,9 @@ def ambiguous_submissions(
                CAST(estimated_cost AS VARCHAR) AS estimated_cost, created_at AS since,
                submit_error AS error
         FROM orders
-        WHERE submit_state IN ('ambiguous', 'sending')
+        WHERE submit_state = 'ambiguous'
+           OR (submit_state = 'sending'
+               AND NOT coalesce(list_contains(?::VARCHAR[], claim_id), false))
            OR (submit_state = 'pending'
                AND created_at < now() - to_milliseconds(CAST(? * 60000 AS BIGINT)))
         UNION ALL
@@ -63,7 +71,7 @@ def ambiguous_submissions(
               AND later.order_id = c.order_id AND later.requested_at > c.requested_at)
         ORDER BY kind = 'order' DESC, kind, panel, since, ref
         """,
-        [pending_minutes],
+        [list(live_claims), pending_minutes],
     ).df()
 
 

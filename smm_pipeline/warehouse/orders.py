@@ -128,6 +128,20 @@ def pending_rows(conn: duckdb.DuckDBPyConnection, file_hash: str) -> pd.DataFram
     return pd.DataFrame(rows, columns=PENDING_COLUMNS, dtype=object)
 
 
+def reserved_spend(conn: duckdb.DuckDBPyConnection, exclude_file_hash: str) -> dict[str, Decimal]:
+    """Per panel, the estimated cost of rows still pending or sending from other files: money
+    the balance must keep for them."""
+    rows = conn.execute(
+        """
+        SELECT panel, sum(estimated_cost) FROM orders
+        WHERE submit_state IN ('pending', 'sending') AND file_hash IS DISTINCT FROM ?
+        GROUP BY panel
+        """,
+        [exclude_file_hash],
+    ).fetchall()
+    return {panel: _plain(total) for panel, total in rows}
+
+
 def pending_keys(conn: duckdb.DuckDBPyConnection, keys: Sequence[tuple[str, str]]) -> pd.DataFrame:
     """The pending rows among these (panel, ref) keys, whatever their file (for a resubmit)."""
     rows = conn.execute(
