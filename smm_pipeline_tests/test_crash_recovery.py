@@ -22,7 +22,7 @@ import pytest
 from smm_pipeline.operations.submission import submit_file
 from smm_pipeline.simulator.testing import start_simulator_process
 from smm_pipeline_tests.conftest import make_pipeline, panel_yaml
-from smm_pipeline_tests.dagster_helpers import settle, tick
+from smm_pipeline_tests.dagster_helpers import look_twice, settle
 from smm_pipeline_tests.test_submission import clients, outbox, record
 
 CHILD = textwrap.dedent(
@@ -42,6 +42,8 @@ SUBMIT_CHILD = textwrap.dedent(
     """
     import sys
     from pathlib import Path
+    from dagster._utils.interrupts import setup_interrupt_handlers
+    setup_interrupt_handlers()  # SIGTERM as Dagster's run and step workers take it
     from smm_pipeline.operations.submission import submit_file
     from smm_pipeline_tests.test_submission import clients
     from smm_pipeline_tests.test_crash_recovery import SimAt
@@ -85,7 +87,7 @@ def test_sigkill_mid_batch_then_rerun_submits_each_row_at_most_once(
     settle(pipeline.drop("orders", "crash.csv", "service,link,quantity,ref\n" + rows))
     defs = pipeline.defs()
     with dg.instance_for_test() as instance:
-        request = tick(defs, "order_csv_sensor", instance).run_requests[0]
+        request = look_twice(defs, "order_csv_sensor", instance).run_requests[0]
     import json
 
     home = tmp_path / "dagster_home"
@@ -193,3 +195,38 @@ def test_random_sigkills_leave_only_the_requests_in_flight_ambiguous(tmp_path, s
     print(f"ambiguous rows per kill (seed {seed}, max_concurrency {concurrency}): "
           f"{ambiguous_per_kill}")  # fmt: skip
     assert max(ambiguous_per_kill) <= concurrency, (ambiguous_per_kill, seed)
+
+
+def test_a_terminated_run_records_every_answer_before_it_exits(tmp_path, slow_sim):
+    """SIGTERM (a run terminated from the UI): the process stops sending, waits for the
+    requests in flight, and records every answer it received; nothing is left `sending`, the
+    rows it never sent are pending (sent by its re-execution), none is ambiguous."""
+    n, concurrency = 200, 8
+    db = tmp_path / "w.duckdb"
+    frame = outbox("term", n)
+    frame["panel"] = "p"
+    record(db, frame)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SUBMIT_CHILD, str(db), slow_sim.url, str(concurrency)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while slow_sim.stats()["calls"].get("add", 0) < 50:
+        assert child.poll() is None, "the child ended before it could be terminated"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    child.send_signal(signal.SIGTERM)
+    child.wait(timeout=30)
+    with duckdb.connect(str(db), read_only=True) as con:
+        states = collections.Counter(
+            dict(con.execute("SELECT submit_state, count(*) FROM orders GROUP BY 1").fetchall())
+        )
+        submitted = {r[0] for r in con.execute(
+            "SELECT order_id FROM orders WHERE submit_state = 'submitted'").fetchall()}  # fmt: skip
+    assert set(states) == {"submitted", "pending"}, states
+    assert submitted == {o["order"] for o in slow_sim.orders()}  # every answer recorded
+    with clients(p=(slow_sim, concurrency)) as cs:
+        assert submit_file(db, "h", cs).submitted == states["pending"]
+    links = collections.Counter(o["link"] for o in slow_sim.orders())
+    assert len(links) == n and max(links.values()) == 1
