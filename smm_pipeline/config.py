@@ -95,6 +95,8 @@ class PipelineConfig:
     poll_min_interval_minutes: float = 2.0
     poll_max_interval_minutes: float = 240.0
     sensor_interval_seconds: int = 30
+    # A dropped file bigger than this is refused unread (moved to rejected/ with errors.csv).
+    max_file_bytes: int = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,10 @@ def _parse_pipeline(raw: Any) -> PipelineConfig:
     for k, v in raw.items():
         if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
             raise ConfigError(f"pipeline: field {k} must be a positive number")
+    if "max_file_bytes" in raw and not isinstance(raw["max_file_bytes"], int):
+        raise ConfigError(
+            "pipeline: field max_file_bytes must be a whole number of bytes (like 50000000)"
+        )
     return PipelineConfig(**raw)
 
 

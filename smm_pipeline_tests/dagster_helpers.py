@@ -7,17 +7,32 @@ from pathlib import Path
 
 import dagster as dg
 
+from smm_pipeline.defs.files import SENSOR_INTERVAL_SECONDS, cursor_seen_earlier
+
 
 def settle(path: Path) -> None:
-    """Make a dropped file look complete (written a while ago)."""
+    """Give a dropped file an old mtime (written a while ago, then moved in). That alone does
+    not make it complete for the file sensors: `look_twice` does."""
     os.utime(path, (1_600_000_000, 1_600_000_000))
 
 
 def tick(
     defs: dg.Definitions, sensor: str, instance: dg.DagsterInstance, cursor: str | None = None
 ):
+    """One sensor evaluation right now."""
     context = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor)
     return defs.get_sensor_def(sensor).evaluate_tick(context)
+
+
+def look_twice(
+    defs: dg.Definitions, sensor: str, instance: dg.DagsterInstance, cursor: str | None = None
+):
+    """Two ticks one sensor interval apart, as the daemon runs them: the first sees the new
+    files (and launches none), the second finds them unchanged. Returns the second tick."""
+    first = tick(defs, sensor, instance, cursor)
+    assert not first.run_requests, "a first look at a file must never launch it"
+    later = cursor_seen_earlier(first.cursor, SENSOR_INTERVAL_SECONDS)
+    return tick(defs, sensor, instance, later)
 
 
 def run_requested(
@@ -34,10 +49,10 @@ def run_requested(
 def drop_and_run(
     pipeline, instance: dg.DagsterInstance, name: str, content: str | bytes
 ) -> dg.ExecuteInProcessResult:
-    """Drop an order file, tick order_csv_sensor, execute the one run it asks for."""
+    """Drop an order file, let order_csv_sensor look twice, execute the one run it asks for."""
     settle(pipeline.drop("orders", name, content))
     defs = pipeline.defs()
-    result = tick(defs, "order_csv_sensor", instance)
+    result = look_twice(defs, "order_csv_sensor", instance)
     assert len(result.run_requests) == 1, result.skip_message
     return run_requested(defs, result.run_requests[0], instance, "submit_orders")
 

@@ -17,9 +17,9 @@ from smm_pipeline.warehouse.orders import SubmitOutcome, record_outcomes
 from smm_pipeline_tests.dagster_helpers import (
     drop_and_run,
     event_texts,
+    look_twice,
     run_requested,
     settle,
-    tick,
 )
 
 A = "service,link,quantity,ref\n1,https://x.com/a1,100,a-1\n1,https://x.com/a2,100,a-2\n"
@@ -52,7 +52,7 @@ def test_a_file_rewritten_after_the_sensor_saw_it_is_left_for_its_own_run(pipeli
     path = pipeline.drop("orders", "x.csv", A)
     settle(path)
     defs = pipeline.defs()
-    seen_a = tick(defs, "order_csv_sensor", instance)
+    seen_a = look_twice(defs, "order_csv_sensor", instance)
     path.write_text(B)  # overwritten before the run reads it
     settle(path)
     failed = run_requested(defs, seen_a.run_requests[0], instance, "submit_orders")
@@ -62,7 +62,7 @@ def test_a_file_rewritten_after_the_sensor_saw_it_is_left_for_its_own_run(pipeli
     assert sim.stats()["calls"].get("add", 0) == 0
     with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM orders").fetchall() == [(0,)]
-    seen_b = tick(defs, "order_csv_sensor", instance, cursor=seen_a.cursor)
+    seen_b = look_twice(defs, "order_csv_sensor", instance, cursor=seen_a.cursor)
     [request_b] = seen_b.run_requests
     assert request_b.run_config["ops"]["validate_order_file"]["config"]["file_hash"] == (
         file_hash(B.encode())
@@ -76,11 +76,12 @@ def test_a_file_rewritten_after_the_sensor_saw_it_is_left_for_its_own_run(pipeli
 def test_a_file_moved_back_into_the_inbox_is_launched_again(pipeline, sim, instance):
     settle(pipeline.drop("orders", "x.csv", A))
     defs = pipeline.defs()
-    first = tick(defs, "order_csv_sensor", instance)
+    first = look_twice(defs, "order_csv_sensor", instance)
     assert run_requested(defs, first.run_requests[0], instance, "submit_orders").success
     inbox = pipeline.folders.inbox("orders") / "x.csv"
     os.rename(pipeline.folders.processed / "x.csv", inbox)  # mv keeps the mtime
-    again = tick(defs, "order_csv_sensor", instance, cursor=first.cursor)  # no look between
+    # A new drop (new ctime) under a launched name: it waits for its own two looks.
+    again = look_twice(defs, "order_csv_sensor", instance, cursor=first.cursor)
     [request] = again.run_requests
     assert request.run_key != first.run_requests[0].run_key
     assert request.run_key.startswith(f"orders:{file_hash(A.encode())}:x.csv:")
@@ -93,7 +94,7 @@ def test_reexecuting_a_finished_run_never_rewrites_its_results(pipeline, sim, in
     assert drop_and_run(pipeline, instance, "x.csv", A).success
     defs = pipeline.defs()
     settle(pipeline.drop("orders", "x.csv", B))  # the same name again: a name clash
-    request_b = tick(defs, "order_csv_sensor", instance).run_requests[0]
+    request_b = look_twice(defs, "order_csv_sensor", instance).run_requests[0]
     assert run_requested(defs, request_b, instance, "submit_orders").success
     [b_report] = pipeline.folders.processed.glob("x.*.results.csv")
     a_report = pipeline.folders.processed / "x.results.csv"
@@ -119,7 +120,7 @@ def test_a_resumed_run_reports_skipped_rows_spend_and_balance(pipeline, sim, ins
     content = A + "1,https://x.com/a3,1000,a-3\n"
     settle(pipeline.drop("orders", "x.csv", content))
     defs = pipeline.defs()
-    request = tick(defs, "order_csv_sensor", instance).run_requests[0]
+    request = look_twice(defs, "order_csv_sensor", instance).run_requests[0]
     validate_only(defs, request, instance)  # then the run dies: the job is run again
     resumed = run_requested(defs, request, instance, "submit_orders")
     assert resumed.success, event_texts(resumed)
@@ -144,10 +145,10 @@ def test_the_same_content_under_another_name_during_a_run_is_not_reported_as_sen
 ):
     settle(pipeline.drop("orders", "one.csv", A))
     defs = pipeline.defs()
-    one = tick(defs, "order_csv_sensor", instance)
+    one = look_twice(defs, "order_csv_sensor", instance)
     validate_only(defs, one.run_requests[0], instance)  # one.csv's run is still going
     settle(pipeline.drop("orders", "two.csv", A))
-    two = tick(defs, "order_csv_sensor", instance, cursor=one.cursor)
+    two = look_twice(defs, "order_csv_sensor", instance, cursor=one.cursor)
     [request_two] = [r for r in two.run_requests if r.tags["smm/file"] == "two.csv"]
     assert run_requested(defs, request_two, instance, "submit_orders").success
     assert sim.stats()["calls"].get("add", 0) == 0
@@ -217,7 +218,7 @@ def test_resubmit_sends_only_the_listed_refs_once(pipeline, sim, instance):
     content = A + "1,https://x.com/a3,100,a-3\n"
     settle(pipeline.drop("orders", "x.csv", content))
     defs = pipeline.defs()
-    validate_only(defs, tick(defs, "order_csv_sensor", instance).run_requests[0], instance)
+    validate_only(defs, look_twice(defs, "order_csv_sensor", instance).run_requests[0], instance)
     make_ambiguous(pipeline, ["a-1", "a-2"])  # a-3 is still pending: its own run sends it
     result = resolve(pipeline, instance, [{"panel": "sim", "ref": "a-1", "action": "resubmit"}])
     assert result.success, event_texts(result)

@@ -11,10 +11,12 @@ import dagster as dg
 import duckdb
 import pytest
 
+from smm_pipeline.defs.files import SENSOR_INTERVAL_SECONDS, cursor_seen_earlier
 from smm_pipeline_tests.conftest import TEST_KEY
 from smm_pipeline_tests.dagster_helpers import (
     drop_and_run,
     event_texts,
+    look_twice,
     run_requested,
     settle,
     tick,
@@ -150,7 +152,7 @@ def test_redrop_rename_and_repeated_ref_submit_nothing_new(pipeline, sim, instan
 def test_same_drop_is_launched_once(pipeline, instance):
     settle(pipeline.drop("orders", "x.csv", "service,link,quantity\n1,https://x.com/a,100\n"))
     defs = pipeline.defs()
-    first = tick(defs, "order_csv_sensor", instance)
+    first = look_twice(defs, "order_csv_sensor", instance)
     assert len(first.run_requests) == 1
     assert first.run_requests[0].tags["smm/file"] == "x.csv"
     assert first.run_requests[0].tags["smm/rows"] == "1"
@@ -167,7 +169,11 @@ def test_sensor_waits_for_a_file_being_written(pipeline, instance):
     assert not first.run_requests
     assert "waiting for growing.csv" in first.skip_message
     second = tick(defs, "order_csv_sensor", instance, cursor=first.cursor)
-    assert len(second.run_requests) == 1  # unchanged since the last look: complete
+    assert not second.run_requests  # unchanged, but looked at again too soon
+    assert "waiting for growing.csv" in second.skip_message
+    later = cursor_seen_earlier(second.cursor, SENSOR_INTERVAL_SECONDS)
+    third = tick(defs, "order_csv_sensor", instance, cursor=later)
+    assert len(third.run_requests) == 1  # unchanged one sensor interval later: complete
 
 
 def test_empty_inbox_skip_reason(pipeline, instance):
@@ -245,7 +251,7 @@ def test_not_enough_funds_mid_batch_stops_cleanly_and_a_redrop_sends_only_those_
     # The validation sees 1000.00; the panel's balance drops before the submission.
     settle(pipeline.drop("orders", "funds.csv", content))
     defs = pipeline.defs()
-    request = tick(defs, "order_csv_sensor", instance).run_requests[0]
+    request = look_twice(defs, "order_csv_sensor", instance).run_requests[0]
     job = defs.resolve_job_def("submit_orders")
     # Run only the validation step, then drain the balance, then run the rest.
     first = job.execute_in_process(

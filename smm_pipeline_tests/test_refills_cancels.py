@@ -24,6 +24,7 @@ from smm_pipeline.warehouse.status import Cadence
 from smm_pipeline_tests.conftest import TEST_KEY, make_pipeline, panel_yaml
 from smm_pipeline_tests.dagster_helpers import (
     event_texts,
+    look_twice,
     run_requested,
     settle,
     tick,
@@ -101,7 +102,7 @@ def drop_action(pipeline, instance, kind: str, name: str, content: str):
     }[kind]
     settle(pipeline.drop(kind, name, content))
     defs = pipeline.defs()
-    ticked = tick(defs, sensor, instance)
+    ticked = look_twice(defs, sensor, instance)
     assert len(ticked.run_requests) == 1, ticked.skip_message
     return run_requested(defs, ticked.run_requests[0], instance, job)
 

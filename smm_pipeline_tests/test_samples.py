@@ -26,9 +26,9 @@ from smm_pipeline_tests.conftest import TEST_KEY, Pipeline
 from smm_pipeline_tests.dagster_helpers import (
     drop_and_run,
     event_texts,
+    look_twice,
     run_requested,
     settle,
-    tick,
 )
 
 SAMPLES = PROJECT_ROOT / "data" / "samples"
@@ -213,7 +213,7 @@ def drop_action(pipeline: Pipeline, instance, kind: str, sample: str):
     }[kind]
     settle(pipeline.drop(kind, sample, (SAMPLES / sample).read_bytes()))
     defs = pipeline.defs()
-    ticked = tick(defs, sensor, instance)
+    ticked = look_twice(defs, sensor, instance)
     assert len(ticked.run_requests) == 1, ticked.skip_message
     return run_requested(defs, ticked.run_requests[0], instance, job)
 
