@@ -35,8 +35,10 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from smm_pipeline.defs.files import SENSOR_INTERVAL_SECONDS, cursor_seen_earlier
 from smm_pipeline.defs.location import build_definitions
 from smm_pipeline.demo_data import DemoPanel, demo_panels, for_panels, panels_yaml, sample_text
+from smm_pipeline.intake.reports import results_report_path
 from smm_pipeline.operations.inbox import Folders
 from smm_pipeline.simulator.testing import ThreadedSimulator, running_simulator
 from smm_pipeline.warehouse.snapshot import connect_readonly, replica_path
@@ -153,14 +155,16 @@ class _Driver:
     def drop(self, kind: str, name: str, content: str, sensor: str, job: str) -> dict[str, int]:
         """Drop a file in the inbox and let its sensor launch the run; count the outcomes.
 
-        The first look sees a file that was just written and waits; the second look finds it
-        unchanged and launches the run, the way the daemon handles a file being copied in."""
+        The first look sees a file that was just written and waits; the second look, one
+        sensor interval later (the demo moves the cursor's first look back instead of
+        waiting), finds it unchanged and launches the run, as the daemon does."""
         (self.folders.inbox(kind) / name).write_text(content, encoding="utf-8")
         if self.tick(sensor):
             raise DemoError(f"{sensor} launched a run for a file still being written")
+        self.cursors[sensor] = cursor_seen_earlier(self.cursors[sensor], SENSOR_INTERVAL_SECONDS)
         if not self.run_sensor(sensor, job):
             raise DemoError(f"{sensor} launched no run for {name}")
-        results = self.folders.processed / f"{Path(name).stem}.results.csv"
+        results = results_report_path(self.folders.processed, name)
         with results.open(encoding="utf-8", newline="") as handle:
             rows = list(csv.DictReader(handle))
         # orders report `submit_state`, refills `state`, cancels `result`
