@@ -117,7 +117,7 @@ def test_sigkill_mid_batch_then_rerun_submits_each_row_at_most_once(
 
     instance = dg.DagsterInstance.from_config(str(home))
     [killed] = instance.get_runs()
-    instance.report_run_failed(killed)  # what run monitoring does with a dead run worker
+    instance.report_run_failed(killed)  # what the code server does when a run process dies
     job = dg.reconstructable(submit_orders_job)
     with dg.execute_job(
         job,
