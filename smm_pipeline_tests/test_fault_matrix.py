@@ -553,11 +553,6 @@ def test_refill_file_under_each_fault(action_env, shared_sim, case):
     check_redrop(env, sim, "refills", f"refill-{case.id}", ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an answer naming a refill id another row holds is recorded as a second submitted "
-    "row with that id (the add rule, applied to refills, would make it ambiguous)",
-)
 def test_refill_answered_with_an_id_another_refill_holds(action_env, shared_sim):
     """other_id on refill: the panel creates the second order's refill but answers the first
     one's refill id. Like `add`, that answer must not make two rows hold one refill id: the

@@ -38,7 +38,7 @@ from smm_pipeline.intake.reports import (
 from smm_pipeline.intake.row_errors import RowError
 from smm_pipeline.operations.inbox import FileRejected, Folders, move_handled, reject_file
 from smm_pipeline.operations.polling import observations_frame
-from smm_pipeline.panel.client import MAX_IDS_PER_CALL, PanelClient, chunked
+from smm_pipeline.panel.client import MAX_IDS_PER_CALL, BatchStop, PanelClient, chunked
 from smm_pipeline.panel.errors import PanelError
 from smm_pipeline.panel.models import RefillResult
 from smm_pipeline.warehouse.db import connect
@@ -90,8 +90,8 @@ class ActionSpec:
     table: RequestTable
     done_states: tuple[str, ...]  # earlier requests that must not be repeated
     refusal: Callable[[Any], str | None]  # why a target row may not be sent, or None
-    send: Callable[[PanelClient, list[int]], Sequence[Any]]
-    record: Callable[[duckdb.DuckDBPyConnection, str, str, datetime, Sequence[Any]], object]
+    send: Callable[[PanelClient, list[int], BatchStop], Sequence[Any]]
+    record: Callable[[duckdb.DuckDBPyConnection, str, str, datetime, Sequence[Any]], list[Any]]
     state_of: Callable[[Any], str]
     report_columns: tuple[str, ...] = REPORT_COLUMNS
 
@@ -201,7 +201,7 @@ REFILL_SPEC = ActionSpec(
     table="refills",
     done_states=("submitted", "ambiguous"),
     refusal=refill_refusal,
-    send=lambda client, ids: client.refills(ids),
+    send=lambda client, ids, stop: client.refills(ids, stop),
     record=record_refill_outcomes,
     state_of=refill_state,
 )
@@ -440,11 +440,12 @@ def _send_panel(
     by_order = {int(r.order_id): r for r in rows}
     window = MAX_IDS_PER_CALL * client.panel.max_concurrency
     outcomes: list[RowOutcome] = []
+    stop = BatchStop()  # an answer that is not the API stops the whole file's panel batch
     for ids in chunked(list(by_order), window):
         requested_at = datetime.now(UTC)
         record_in_flight(conn, spec.table, panel, ids, claim, requested_at)
-        results = spec.send(client, ids)
-        spec.record(conn, panel, claim.file_name, requested_at, results)
+        results = spec.send(client, ids, stop)
+        results = spec.record(conn, panel, claim.file_name, requested_at, results)
         for result in results:
             row, _, order_id, ref, service_id = _target_fields(by_order[int(result.order_id)])
             state = spec.state_of(result)

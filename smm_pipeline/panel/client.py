@@ -397,23 +397,29 @@ class PanelClient:
         oid = int(order_id)
         return self._parsed("refill", {"order": str(oid)}, lambda b: parsing.parse_refill(oid, b))
 
-    def refills(self, order_ids: Iterable[int]) -> list[RefillResult]:
+    def refills(
+        self, order_ids: Iterable[int], stop: BatchStop | None = None
+    ) -> list[RefillResult]:
         """Multi refill, 100 ids a call. A chunk whose outcome is unknown yields results with
-        `ambiguous=True`; a chunk the panel refused outright carries its error per order."""
+        `ambiguous=True`; a chunk the panel refused outright carries its error per order.
+        `stop` carries a batch's stop across calls (see `_write_chunks`)."""
         return self._write_chunks(
             "refill",
             _unique(order_ids),
             parsing.parse_multi_refill,
             lambda oid, msg, amb: RefillResult(order_id=oid, error=msg, ambiguous=amb),
+            stop or BatchStop(),
         )
 
-    def cancel(self, order_ids: Iterable[int]) -> list[CancelResult]:
-        """Cancel orders (the API's `orders` form), 100 ids a call; outcomes per order."""
+    def cancel(self, order_ids: Iterable[int], stop: BatchStop | None = None) -> list[CancelResult]:
+        """Cancel orders (the API's `orders` form), 100 ids a call; outcomes per order.
+        `stop` carries a batch's stop across calls (see `_write_chunks`)."""
         return self._write_chunks(
             "cancel",
             _unique(order_ids),
             parsing.parse_multi_cancel,
             lambda oid, msg, amb: CancelResult(oid, accepted=False, error=msg, ambiguous=amb),
+            stop or BatchStop(),
         )
 
     def _write_chunks(
@@ -422,21 +428,20 @@ class PanelClient:
         ids: list[int],
         parse: Callable[[list[int], Any], list[T]],
         failed: Callable[[int, str, bool], T],
+        stop: BatchStop,
     ) -> list[T]:
         """One write per chunk, outcomes per id in the order given.
 
         A chunk whose outcome is unknown is ambiguous for each of its ids; a chunk refused
         outright carries the refusal per id. Once a chunk's answer is not the API at all
         (`stops_batch`), chunks not yet sent are not sent: their ids are definite failures
-        ("not sent: ..."), safe to send again once the panel url or key is fixed.
+        ("not sent: ..."), safe to send again once the panel url or key is fixed. The same
+        `stop` passed to several calls makes them one batch.
         """
-        stopped: list[AmbiguousSubmissionError] = []
-        stop_lock = threading.Lock()
 
         def check_stop() -> None:
-            with stop_lock:
-                if stopped:
-                    raise _NotSent(stopped[0], panel=self.panel.name, action=action)
+            if stop.error is not None:
+                raise _NotSent(stop.error, panel=self.panel.name, action=action)
 
         def one(chunk: list[int]) -> list[T]:
             params = {"orders": ",".join(map(str, chunk))}
@@ -444,8 +449,7 @@ class PanelClient:
                 return self._parsed(action, params, lambda b: parse(chunk, b), check_stop)
             except AmbiguousSubmissionError as exc:
                 if exc.stops_batch:
-                    with stop_lock:
-                        stopped.append(exc)
+                    stop.set(exc)
                 raise
 
         chunks = chunked(ids, self.max_ids_per_call)
@@ -460,6 +464,19 @@ class PanelClient:
             else:
                 by_chunk[chunk[0]] = result
         return [r for chunk in chunks for r in by_chunk[chunk[0]]]
+
+
+class BatchStop:
+    """A multi write's stop flag: the first answer of the batch that was not the API."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.error: AmbiguousSubmissionError | None = None
+
+    def set(self, error: AmbiguousSubmissionError) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = error
 
 
 class _NotSent(PanelError):

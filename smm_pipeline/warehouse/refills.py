@@ -179,16 +179,51 @@ def cancel_state(result: CancelResult) -> str:
     return "accepted" if result.accepted else "refused"
 
 
+def _one_row_per_refill_id(
+    conn: duckdb.DuckDBPyConnection, panel: str, results: Sequence[RefillResult]
+) -> list[RefillResult]:
+    """A refill id the panel answered that another order's refill already holds (or an
+    earlier answer of this window) makes no second row with that id: that refill request is
+    ambiguous (the panel may have made a refill of its own we cannot poll), like an `add`."""
+    answered = [int(r.refill_id) for r in results if refill_state(r) == "submitted"]
+    if not answered:
+        return list(results)
+    held = dict(
+        conn.execute(
+            """
+            SELECT refill_id, min(order_id) FROM refills
+            WHERE panel = ? AND refill_id IN (SELECT unnest(CAST(? AS BIGINT[])))
+            GROUP BY refill_id
+            """,
+            [panel, answered],
+        ).fetchall()
+    )
+    out = []
+    for r in results:
+        if refill_state(r) == "submitted":
+            other = held.setdefault(int(r.refill_id), int(r.order_id))
+            if other != int(r.order_id):
+                r = RefillResult(
+                    order_id=r.order_id, ambiguous=True,
+                    error=f"the panel answered refill id {r.refill_id}, which the refill of "
+                    f"order {other} already holds: check the order's refills on the panel",
+                )  # fmt: skip
+        out.append(r)
+    return out
+
+
 def record_refill_outcomes(
     conn: duckdb.DuckDBPyConnection,
     panel: str,
     source_file: str,
     requested_at: datetime,
     results: Sequence[RefillResult],
-) -> None:
-    """Overwrite a window's in-flight rows with the panel's answers, in one statement."""
+) -> list[RefillResult]:
+    """Overwrite a window's in-flight rows with the panel's answers, in one statement;
+    returns them as recorded (an answered refill id another refill holds: ambiguous)."""
     if not results:
-        return
+        return []
+    results = _one_row_per_refill_id(conn, panel, results)
     frame = pd.DataFrame(
         {
             "order_id": [int(r.order_id) for r in results],
@@ -214,6 +249,7 @@ def record_refill_outcomes(
         )
     finally:
         conn.unregister("_refill_outcomes")
+    return results
 
 
 def record_cancel_outcomes(
@@ -222,12 +258,12 @@ def record_cancel_outcomes(
     source_file: str,
     requested_at: datetime,
     results: Sequence[CancelResult],
-) -> int:
+) -> list[CancelResult]:
     """Overwrite a window's in-flight rows with the panel's answers, and make every accepted
     order due for a status poll now (its Canceled status and refund are then picked up soon).
-    Returns the number of accepted cancels."""
+    Returns them as recorded."""
     if not results:
-        return 0
+        return []
     requested_at = require_aware(requested_at, "requested_at")
     frame = pd.DataFrame(
         {
@@ -260,7 +296,7 @@ def record_cancel_outcomes(
         )
     finally:
         conn.unregister("_cancel_outcomes")
-    return int((frame["result"] == "accepted").sum())
+    return list(results)
 
 
 # ------------------------------------------------------------------ refill statuses
