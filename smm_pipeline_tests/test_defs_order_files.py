@@ -13,7 +13,6 @@ import pytest
 
 from smm_pipeline.intake.csv_files import file_hash
 from smm_pipeline.warehouse.db import connect
-from smm_pipeline.warehouse.orders import SubmitOutcome, record_outcomes
 from smm_pipeline_tests.dagster_helpers import (
     drop_and_run,
     event_texts,
@@ -210,8 +209,13 @@ def states(pipeline) -> dict[str, tuple]:
 
 
 def make_ambiguous(pipeline, refs: list[str]) -> None:
+    """As if these rows' adds had timed out: ambiguous, without an order id."""
     with connect(pipeline.db_path) as conn:
-        record_outcomes(conn, [SubmitOutcome("sim", r, "ambiguous", error="timeout") for r in refs])
+        conn.execute(
+            "UPDATE orders SET submit_state = 'ambiguous', order_id = NULL, "
+            "submit_error = 'timeout' WHERE ref IN (SELECT unnest(?))",
+            [refs],
+        )
 
 
 def test_resubmit_sends_only_the_listed_refs_once(pipeline, sim, instance):

@@ -49,6 +49,7 @@ def test_reads_are_exact_and_failed_refs_go_back_to_pending(tmp_path: Path):
     with connect(db) as conn:
         record_pending(conn, outbox(["a", "b", "c"], "one.csv", "h1"), now)
         assert pending_rows(conn, "h1")["estimated_cost"].tolist() == [COST] * 3
+        assert mark_sending(conn, "sim", ["a", "b", "c"], "claim") == {"a", "b", "c"}
         record_outcomes(
             conn,
             [
@@ -56,6 +57,7 @@ def test_reads_are_exact_and_failed_refs_go_back_to_pending(tmp_path: Path):
                 SubmitOutcome("sim", "b", "submitted", order_id=BIG_ID, submitted_at=now),
                 SubmitOutcome("sim", "c", "ambiguous", error="timeout", submitted_at=now),
             ],
+            claim_id="claim",
         )
         rows = {r.ref: r for r in file_rows(conn, "h1")}
         assert rows["b"].order_id == BIG_ID and type(rows["b"].order_id) is int

@@ -261,40 +261,34 @@ def _one_row_per_order_id(
 
 
 def record_outcomes(
-    conn: duckdb.DuckDBPyConnection,
-    outcomes: Sequence[SubmitOutcome],
-    *,
-    claim_id: str | None = None,
+    conn: duckdb.DuckDBPyConnection, outcomes: Sequence[SubmitOutcome], *, claim_id: str | None
 ) -> list[SubmitOutcome]:
-    """Write the outcomes of a batch of sends in one statement; returns them as written
-    (an order id another row holds turns its row ambiguous).
+    """Write the outcomes of a claim's sends in one statement; returns them as written (an
+    order id another row holds turns its row ambiguous).
 
-    With `claim_id`, only rows that claim flagged `sending` take an answer (a replayed
-    journal never overwrites what happened since), and pending rows take only a `failed`
-    outcome (not sent: their panel's batch stopped)."""
+    Only rows this claim flagged `sending` take an outcome (a settled journal never
+    overwrites what happened since; `claim_id` None: rows flagged before journals existed),
+    and pending rows only a `failed` one (not sent: their panel's batch stopped). The claim
+    ends with the outcome."""
     if not outcomes:
         return []
     outcomes = _one_row_per_order_id(conn, outcomes)
     conn.register("_outcomes", _outcome_frame(outcomes))
-    guard = (
-        """AND ((orders.submit_state = 'sending' AND orders.claim_id = ?)
-             OR (orders.submit_state = 'pending' AND u.submit_state = 'failed'))"""
-        if claim_id is not None
-        else ""
-    )
     try:
         conn.execute(
-            f"""
+            """
             UPDATE orders SET submit_state = u.submit_state, order_id = u.order_id,
-                answered_order_id = u.answered_order_id,
+                answered_order_id = u.answered_order_id, claim_id = NULL,
                 submit_error = u.error, submitted_at = u.submitted_at,
                 next_poll_at = CASE WHEN u.submit_state = 'submitted'
                                     THEN u.submitted_at END,
-                updated_at = u.submitted_at
+                updated_at = coalesce(u.submitted_at, orders.updated_at)
             FROM _outcomes u
-            WHERE orders.panel = u.panel AND orders.ref = u.ref {guard}
+            WHERE orders.panel = u.panel AND orders.ref = u.ref
+              AND ((orders.submit_state = 'sending' AND orders.claim_id IS NOT DISTINCT FROM ?)
+                   OR (orders.submit_state = 'pending' AND u.submit_state = 'failed'))
             """,
-            [claim_id] if claim_id is not None else [],
+            [claim_id],
         )
     finally:
         conn.unregister("_outcomes")
@@ -347,39 +341,8 @@ def settle_dead_claims(conn: duckdb.DuckDBPyConnection, directory: Path) -> Sett
                 else:
                     outcomes.append(SubmitOutcome(panel, ref, "pending"))
                     settled.released += 1
-            if claim_id is None:
-                _settle(conn, outcomes, "claim_id IS NULL")
-            else:
-                _settle(conn, outcomes, "claim_id = ?", claim_id)
+            record_outcomes(conn, outcomes, claim_id=claim_id)
     return settled
-
-
-def _settle(
-    conn: duckdb.DuckDBPyConnection, outcomes: list[SubmitOutcome], where: str, *params: str
-) -> None:
-    answered = [o for o in outcomes if o.submit_state != "pending"]
-    if answered:
-        outcomes = _one_row_per_order_id(conn, answered) + [
-            o for o in outcomes if o.submit_state == "pending"
-        ]
-    conn.register("_settled", _outcome_frame(outcomes))
-    try:
-        conn.execute(
-            f"""
-            UPDATE orders SET submit_state = u.submit_state, order_id = u.order_id,
-                answered_order_id = u.answered_order_id, submit_error = u.error,
-                submitted_at = u.submitted_at, claim_id = NULL,
-                next_poll_at = CASE WHEN u.submit_state = 'submitted'
-                                    THEN u.submitted_at END,
-                updated_at = coalesce(u.submitted_at, orders.updated_at)
-            FROM _settled u
-            WHERE orders.panel = u.panel AND orders.ref = u.ref
-              AND orders.submit_state = 'sending' AND orders.{where}
-            """,
-            list(params),
-        )
-    finally:
-        conn.unregister("_settled")
 
 
 class FileRow(NamedTuple):
