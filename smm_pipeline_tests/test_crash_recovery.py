@@ -6,7 +6,6 @@ are sent."""
 from __future__ import annotations
 
 import collections
-import os
 import random
 import signal
 import subprocess
@@ -60,6 +59,21 @@ class SimAt:
     url: str
 
 
+def signal_after_adds(sim, args: list[str], adds: int, sig: signal.Signals) -> None:
+    """Run `python -c *args`, and send it `sig` once the simulator got `adds` more adds."""
+    before = sim.stats()["calls"].get("add", 0)
+    child = subprocess.Popen(
+        [sys.executable, "-c", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while sim.stats()["calls"].get("add", 0) - before < adds:
+        assert child.poll() is None, "the child finished before it could be signalled"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    child.send_signal(sig)
+    child.wait(timeout=30)
+
+
 def submit_orders_job() -> dg.JobDefinition:
     """The job as a Dagster run process rebuilds it (reconstructable, for re-execution)."""
     from smm_pipeline.defs.location import build_definitions
@@ -92,19 +106,9 @@ def test_sigkill_mid_batch_then_rerun_submits_each_row_at_most_once(
 
     home = tmp_path / "dagster_home"
     home.mkdir()
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(request.run_config), str(home)],
-        env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    signal_after_adds(
+        slow_sim, [CHILD, json.dumps(request.run_config), str(home)], 60, signal.SIGKILL
     )
-    deadline = time.monotonic() + 120
-    while slow_sim.stats()["calls"].get("add", 0) < 60:
-        assert child.poll() is None, "the child finished before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
     sent_before = len(slow_sim.orders())
     assert 0 < sent_before < 300
 
@@ -166,20 +170,9 @@ def test_random_sigkills_leave_only_the_requests_in_flight_ambiguous(tmp_path, s
         frame = outbox(f"k{kill}x", n)
         frame["panel"] = "p"
         record(db, frame)
-        before = slow_sim.stats()["calls"].get("add", 0)
         at = pick.randrange(1, n - concurrency)  # answers received before the kill, about
-        child = subprocess.Popen(
-            [sys.executable, "-c", SUBMIT_CHILD, str(db), slow_sim.url, str(concurrency)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while slow_sim.stats()["calls"].get("add", 0) - before < at:
-            assert child.poll() is None, f"kill {kill}: the child ended first (seed {seed})"
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+        args = [SUBMIT_CHILD, str(db), slow_sim.url, str(concurrency)]
+        signal_after_adds(slow_sim, args, at, signal.SIGKILL)
         with clients(p=(slow_sim, concurrency)) as cs:
             submit_file(db, "h", cs)  # the re-execution
         with duckdb.connect(str(db), read_only=True) as con:
@@ -206,18 +199,9 @@ def test_a_terminated_run_records_every_answer_before_it_exits(tmp_path, slow_si
     frame = outbox("term", n)
     frame["panel"] = "p"
     record(db, frame)
-    child = subprocess.Popen(
-        [sys.executable, "-c", SUBMIT_CHILD, str(db), slow_sim.url, str(concurrency)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    signal_after_adds(
+        slow_sim, [SUBMIT_CHILD, str(db), slow_sim.url, str(concurrency)], 50, signal.SIGTERM
     )
-    deadline = time.monotonic() + 60
-    while slow_sim.stats()["calls"].get("add", 0) < 50:
-        assert child.poll() is None, "the child ended before it could be terminated"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    child.send_signal(signal.SIGTERM)
-    child.wait(timeout=30)
     with duckdb.connect(str(db), read_only=True) as con:
         states = collections.Counter(
             dict(con.execute("SELECT submit_state, count(*) FROM orders GROUP BY 1").fetchall())
