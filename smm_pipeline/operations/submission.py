@@ -63,6 +63,10 @@ NOT_THE_API_STOP = (
     "not sent: the panel answered an earlier row with something that is not the API ({cause}); "
     "check the panel's url and key, then drop the file again to send these rows"
 )
+JOURNAL_STOP = (
+    "not sent: the answer journal beside the warehouse could not be written ({cause}); free "
+    "the disk, then drop the file again to send these rows"
+)
 CLAIM_ROWS_PER_SLOT = 8  # rows claimed at a time, per worker
 OUTCOME_BATCH_ROWS = 256
 OUTCOME_BATCH_SECONDS = 1.0
@@ -183,18 +187,30 @@ class _PanelBatch:
             if self.stop.is_set():
                 self._answers.put((self, row, None))
                 continue
-            self._journal.sending(self.panel, row.ref)
+            try:
+                self._journal.sending(self.panel, row.ref)
+            except OSError as exc:  # nothing may leave that the journal does not know of
+                self._stop(JOURNAL_STOP.format(cause=exc))
+                self._answers.put((self, row, None))
+                continue
             try:
                 result: int | BaseException = self.client.add(row.params)
             except Exception as exc:  # classified by outcome_of, never resent
                 result = exc
             outcome = outcome_of(self.panel, row.ref, result)
-            self._journal.answered(outcome.to_json())
+            try:
+                self._journal.answered(outcome.to_json())
+            except OSError as exc:  # the dispatcher still records this answer
+                self._stop(JOURNAL_STOP.format(cause=exc))
             reason = _stop_reason(result)
-            if reason is not None and not self.stop.is_set():
-                self.stop_reason = reason
-                self.stop.set()
+            if reason is not None:
+                self._stop(reason)
             self._answers.put((self, row, outcome))
+
+    def _stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.stop_reason = reason
+            self.stop.set()
 
     @property
     def wants_rows(self) -> bool:
