@@ -4,6 +4,7 @@ id, a batch that stops at an answer that is not the API, and pending rows of a f
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -174,3 +175,51 @@ def test_pending_rows_of_a_filed_file_are_sent_by_its_rerun_and_by_a_resubmit(pi
     assert len(sim.orders()) == before + 2
     states = dict(query(pipeline, "SELECT ref, submit_state FROM orders"))
     assert states == {"p-0": "submitted", "p-1": "submitted", "p-2": "submitted"}
+
+
+def test_a_refusal_text_that_is_not_valid_unicode_can_be_journaled_and_recorded(tmp_path):
+    """A lone surrogate in the panel's JSON ("\\ud800" decodes to one) cannot be written as
+    UTF-8: the outcome keeps it escaped, so the journal and DuckDB take it (a worker that
+    failed there would have left the batch waiting for its answer)."""
+    from smm_pipeline.operations.submission import outcome_of
+    from smm_pipeline.panel.errors import APIError
+    from smm_pipeline.warehouse.journal import AnswerJournal, journal_dir
+    from smm_pipeline.warehouse.orders import mark_sending, record_outcomes, record_pending
+    from smm_pipeline_tests.test_submission import outbox
+
+    outcome = outcome_of("p", "p-0", APIError(json.loads('"bad \\ud800 text"'), panel="p"))
+    assert outcome.error == "bad \\ud800 text"
+    db = tmp_path / "w.duckdb"
+    journal = AnswerJournal(journal_dir(db))
+    journal.answered(outcome.to_json())
+    with connect(db) as conn:
+        record_pending(conn, outbox("p", 1), datetime.now(UTC))
+        mark_sending(conn, "p", ["p-0"], journal.claim_id)
+        record_outcomes(conn, [outcome], claim_id=journal.claim_id)
+        stored = conn.execute("SELECT submit_state, submit_error FROM orders").fetchall()
+    journal.close()
+    assert stored == [("failed", "bad \\ud800 text")]
+
+
+def test_a_journal_with_an_unreadable_line_before_its_end_proves_no_row_unsent(tmp_path):
+    """Only the last line of a dead journal may be cut (its `send` never completed, so its row
+    never left). A damaged line earlier could have been any row's `send`: every unanswered row
+    of that claim is ambiguous, none goes back to pending."""
+    from smm_pipeline.warehouse.journal import journal_dir
+    from smm_pipeline.warehouse.orders import mark_sending, record_pending, settle_dead_claims
+    from smm_pipeline_tests.test_submission import outbox
+
+    db = tmp_path / "w.duckdb"
+    folder = journal_dir(db)
+    folder.mkdir()
+    with connect(db) as conn:
+        record_pending(conn, outbox("p", 3), datetime.now(UTC))
+        mark_sending(conn, "p", ["p-0", "p-1", "p-2"], "dead")
+        (folder / "dead.jsonl").write_bytes(
+            b'{"k":"send","panel":"p","ref":"p-0"}\n{"k":"se\n{"k":"send","panel":"p","ref":"p-2"}\n'
+        )
+        settled = settle_dead_claims(conn, folder)
+        states = dict(conn.execute("SELECT ref, submit_state FROM orders").fetchall())
+    assert (settled.ambiguous, settled.released) == (3, 0)
+    assert states == {"p-0": "ambiguous", "p-1": "ambiguous", "p-2": "ambiguous"}
+    assert not (folder / "dead.jsonl").exists()

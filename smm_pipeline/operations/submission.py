@@ -107,15 +107,21 @@ class SubmitReport:
         return self.submitted + self.failed + self.ambiguous
 
 
+def _text(message: str) -> str:
+    """A panel's words as storable text: a lone surrogate (`"\\ud800"` in its JSON) cannot be
+    encoded as UTF-8 for the journal or DuckDB, so it is kept escaped."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def outcome_of(panel: str, ref: str, result: int | BaseException) -> SubmitOutcome:
     """Classify one `add`: only a definite answer is submitted or failed."""
     now = datetime.now(UTC)
     if isinstance(result, int):
         return SubmitOutcome(panel, ref, "submitted", order_id=result, submitted_at=now)
     if isinstance(result, AmbiguousSubmissionError):
-        return SubmitOutcome(panel, ref, "ambiguous", error=result.message, submitted_at=now)
+        return SubmitOutcome(panel, ref, "ambiguous", error=_text(result.message), submitted_at=now)
     if isinstance(result, PanelError):
-        return SubmitOutcome(panel, ref, "failed", error=result.message)
+        return SubmitOutcome(panel, ref, "failed", error=_text(result.message))
     # Anything else went wrong on our side, possibly after the request left: never resend.
     return SubmitOutcome(
         panel, ref, "ambiguous", error=f"unexpected {type(result).__name__}", submitted_at=now
@@ -184,28 +190,38 @@ class _PanelBatch:
         while (row := self._ready.get()) is not None:
             if self._abort.is_set():
                 return  # claimed, never sent: the claim's settlement makes it pending again
-            if self.stop.is_set():
-                self._answers.put((self, row, None))
-                continue
             try:
-                self._journal.sending(self.panel, row.ref)
-            except OSError as exc:  # nothing may leave that the journal does not know of
-                self._stop(JOURNAL_STOP.format(cause=exc))
-                self._answers.put((self, row, None))
-                continue
-            try:
-                result: int | BaseException = self.client.add(row.params)
-            except Exception as exc:  # classified by outcome_of, never resent
-                result = exc
-            outcome = outcome_of(self.panel, row.ref, result)
-            try:
-                self._journal.answered(outcome.to_json())
-            except OSError as exc:  # the dispatcher still records this answer
-                self._stop(JOURNAL_STOP.format(cause=exc))
-            reason = _stop_reason(result)
-            if reason is not None:
-                self._stop(reason)
-            self._answers.put((self, row, outcome))
+                self._send(row)
+            except BaseException as exc:  # never leave the dispatcher waiting for an answer
+                self._stop(f"not sent: a worker failed ({type(exc).__name__})")
+                error = f"unexpected {type(exc).__name__} while sending: it may have left"
+                self._answers.put((self, row, SubmitOutcome(self.panel, row.ref, "ambiguous",
+                                                            error=error)))  # fmt: skip
+
+    def _send(self, row: PendingRow) -> None:
+        """One row: journaled, sent, journaled, handed back (or handed back not sent)."""
+        if self.stop.is_set():
+            self._answers.put((self, row, None))
+            return
+        try:
+            self._journal.sending(self.panel, row.ref)
+        except OSError as exc:  # nothing may leave that the journal does not know of
+            self._stop(JOURNAL_STOP.format(cause=exc))
+            self._answers.put((self, row, None))
+            return
+        try:
+            result: int | BaseException = self.client.add(row.params)
+        except Exception as exc:  # classified by outcome_of, never resent
+            result = exc
+        outcome = outcome_of(self.panel, row.ref, result)
+        try:
+            self._journal.answered(outcome.to_json())
+        except OSError as exc:  # the dispatcher still records this answer
+            self._stop(JOURNAL_STOP.format(cause=exc))
+        reason = _stop_reason(result)
+        if reason is not None:
+            self._stop(reason)
+        self._answers.put((self, row, outcome))
 
     def _stop(self, reason: str) -> None:
         if not self.stop.is_set():
@@ -361,6 +377,17 @@ class _Dispatcher:
         if now - self.last_progress >= PROGRESS_SECONDS:
             self._progress_line()
 
+    def record_answers_in_hand(self) -> None:
+        """After an interruption: record what came back and is not written yet (best effort:
+        what fails here is still in the journal, unless its journal write failed too)."""
+        for batch, row, outcome in _answers_within(self.answers, 0.0):
+            batch.open -= 1
+            self._collect([(outcome or batch.stopped(row.ref), row.cost)])
+        try:
+            self.record_if_due(True)
+        except Exception as exc:  # the original interruption is the run's error
+            log.warning("answers of an interrupted submission not recorded: %s", exc)
+
     def _progress_line(self) -> None:
         self.last_progress = now = time.perf_counter()
         report = self.report
@@ -426,9 +453,11 @@ def submit_rows(
         if clean:
             journal.close()
         elif stopped:
-            # Interrupted: every answer is journaled, and claims never journaled were never
-            # sent. Settled now, so the warehouse is as true as after a finished run. (With a
-            # request still in flight the journal stays locked until the process is gone.)
+            # Interrupted: the answers in hand are recorded, the journal holds the rest, and
+            # claims never journaled were never sent. Settled now, so the warehouse is as true
+            # as after a finished run. (With a request still in flight the journal stays
+            # locked until the process is gone.)
+            dispatcher.record_answers_in_hand()
             journal.release()
             settle_interrupted(db_path, progress)
     report.calls = sum(c.total_calls for c in clients.values()) - calls_before

@@ -36,7 +36,7 @@ _SUFFIX = ".jsonl"
 
 def journal_dir(db_path: Path | str) -> Path:
     """The journal folder beside a warehouse file."""
-    path = Path(db_path)
+    path = Path(db_path).resolve()  # one folder, however a process spells the path
     return path.with_name(path.name + ".journal")
 
 
@@ -54,12 +54,21 @@ class AnswerJournal:
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.replace(staging, self.path)
         self._lock = threading.Lock()
+        self._broken: OSError | None = None
 
     def _append(self, entry: dict) -> None:
         line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            os.write(self._fd, line)
-            os.fdatasync(self._fd)
+            if self._broken is not None:  # after a failed write nothing may follow its cut
+                raise OSError(f"the journal {self.path} failed earlier: {self._broken}")
+            try:
+                view = memoryview(line)
+                while view:  # a short write (a nearly full disk) goes on, or raises
+                    view = view[os.write(self._fd, view) :]
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                self._broken = exc
+                raise
 
     def sending(self, panel: str, ref: str) -> None:
         """Before the request leaves: from now on the row may exist on the panel."""
@@ -88,15 +97,21 @@ class DeadClaim:
     path: Path
     sent: set[tuple[str, str]] = field(default_factory=set)
     answers: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # A line other than the last could not be read: the journal cannot prove a row unsent.
+    damaged: bool = False
 
 
 def _read(path: Path) -> DeadClaim:
     claim = DeadClaim(path.name.removesuffix(_SUFFIX), path)
     with path.open("rb") as f:
-        for raw in f:
+        lines = f.read().split(b"\n")
+    last = len(lines) - 1 if lines[-1] else len(lines) - 2
+    for at, raw in enumerate(lines):
+        if raw:
             try:
                 entry = json.loads(raw)
-            except ValueError:  # a line cut by the crash: its write never completed
+            except ValueError:  # the last line: cut by the crash before its send left
+                claim.damaged |= at != last
                 continue
             key = (entry["panel"], entry["ref"])
             if entry["k"] == "send":
@@ -133,6 +148,13 @@ def dead_claims(directory: Path) -> Iterator[list[DeadClaim]]:
     finally:
         for fd, _ in held:
             os.close(fd)
+
+
+def journal_ids(directory: Path) -> set[str]:
+    """Claim ids that have a journal file, live or not."""
+    if not directory.is_dir():
+        return set()
+    return {path.name.removesuffix(_SUFFIX) for path in directory.glob(f"*{_SUFFIX}")}
 
 
 def live_claim_ids(directory: Path) -> set[str]:

@@ -23,7 +23,7 @@ import duckdb
 import pandas as pd
 
 from smm_pipeline.panel.order_types import format_money
-from smm_pipeline.warehouse.journal import dead_claims, live_claim_ids
+from smm_pipeline.warehouse.journal import dead_claims, journal_ids
 
 # A ref in one of these states may be sent again by a later file: it never reached the panel.
 RESUBMITTABLE_STATES = ("failed",)
@@ -317,15 +317,15 @@ def settle_dead_claims(conn: duckdb.DuckDBPyConnection, directory: Path) -> Sett
     again. A `sending` row whose claim has no journal at all (written before journals, or a
     journal lost with its disk) may have been sent: ambiguous."""
     settled = Settled()
-    live = live_claim_ids(directory)
     with dead_claims(directory) as dead:
         journals = {claim.claim_id: claim for claim in dead}
+        live = journal_ids(directory) - set(journals)  # present but locked: alive
         rows = conn.execute(
             "SELECT panel, ref, claim_id FROM orders WHERE submit_state = 'sending'"
         ).fetchall()
         by_claim: dict[str | None, list[tuple[str, str]]] = {}
         for panel, ref, claim_id in rows:
-            if claim_id not in live or claim_id in journals:
+            if claim_id not in live:
                 by_claim.setdefault(claim_id, []).append((panel, ref))
         for claim_id, keys in by_claim.items():
             journal = journals.get(claim_id) if claim_id is not None else None
@@ -335,7 +335,7 @@ def settle_dead_claims(conn: duckdb.DuckDBPyConnection, directory: Path) -> Sett
                 if answer is not None:
                     outcomes.append(SubmitOutcome.from_json(answer))
                     settled.answered += 1
-                elif journal is None or (panel, ref) in journal.sent:
+                elif journal is None or journal.damaged or (panel, ref) in journal.sent:
                     outcomes.append(SubmitOutcome(panel, ref, "ambiguous", error=INTERRUPTED))
                     settled.ambiguous += 1
                 else:
