@@ -33,7 +33,6 @@ run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml .env
 	$(BIN)/python -m smm_pipeline.simulator --host $(HOST) --port $(SIM_PORT) \
 	  --state-file $(SMM_DATA_DIR)/simulator_state.jsonl & sim=$$!; \
 	trap "kill $$sim 2>/dev/null" EXIT INT TERM; \
-	$(BIN)/dagster instance concurrency set duckdb 1 > /dev/null; \
 	$(BIN)/dagster dev -h $(HOST) -p $(UI_PORT) -w workspace.yaml
 
 test: $(STAMP)

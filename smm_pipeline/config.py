@@ -97,6 +97,12 @@ class PipelineConfig:
     sensor_interval_seconds: int = 30
     # A dropped file bigger than this is refused unread (moved to rejected/ with errors.csv).
     max_file_bytes: int = 50_000_000
+    # How long one poll request waits for the panel's budget before the poll defers the rest
+    # of its orders to the next run (submissions to the panel come first).
+    poll_budget_wait_seconds: float = 15.0
+    # The analysts' replica is republished at most this often (and at least this often while
+    # the warehouse changes): the bound on its lag behind the warehouse. 0: after every run.
+    replica_max_lag_seconds: float = 120
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,11 @@ class Settings:
     data_dir: Path = PROJECT_ROOT / "data"
     duckdb_path: Path = PROJECT_ROOT / "data" / "warehouse.duckdb"
     source: Path | None = None
+
+    @property
+    def budget_dir(self) -> Path:
+        """Where the panels' request budgets live, shared by every run process."""
+        return self.data_dir / "panel_budget"
 
     @property
     def enabled_panels(self) -> tuple[PanelConfig, ...]:
@@ -219,7 +230,11 @@ def _parse_pipeline(raw: Any) -> PipelineConfig:
     if unknown:
         raise ConfigError(f"pipeline: unknown field {unknown[0]} (a typo?)")
     for k, v in raw.items():
-        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(f"pipeline: field {k} must be a positive number")
+        if k == "replica_max_lag_seconds" and v < 0:
+            raise ConfigError(f"pipeline: field {k} must be 0 (after every run) or more")
+        if v <= 0 and k != "replica_max_lag_seconds":
             raise ConfigError(f"pipeline: field {k} must be a positive number")
     if "max_file_bytes" in raw and not isinstance(raw["max_file_bytes"], int):
         raise ConfigError(

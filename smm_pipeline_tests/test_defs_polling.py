@@ -169,7 +169,7 @@ def test_status_sensor_requests_and_skip_reasons(pipeline, sim, instance):
     assert poll(pipeline, instance).success
     later = tick(defs, "order_status_sensor", instance)
     assert not later.run_requests
-    assert "2 unfinished orders; the next is due at" in later.skip_message
+    assert "sim: 2 unfinished, next due at" in later.skip_message
     for oid in order_rows(pipeline):
         sim.set_order(oid, status="Completed", remains=0)
     assert poll(pipeline, instance, all_orders=True).success
@@ -210,7 +210,7 @@ def test_a_replica_that_cannot_be_published_is_a_warning_after_the_signal(pipeli
     materialized = [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
     assert [e.asset_key for e in materialized] == [dg.AssetKey("orders")]
     later = tick(pipeline.defs(), "order_status_sensor", instance)
-    assert "1 unfinished orders; the next is due at" in later.skip_message
+    assert "sim: 1 unfinished, next due at" in later.skip_message
 
 
 def test_an_order_file_whose_replica_cannot_be_published_still_signals_its_orders(

@@ -191,7 +191,7 @@ def test_refills_end_to_end_with_per_row_refusals(pipeline, sim, instance):
     # The refills are due in minutes: the sensor says when, and launches nothing yet.
     skipped = tick(pipeline.defs(), "refill_status_sensor", instance)
     assert not skipped.run_requests
-    assert "2 unfinished refills; the next is due at" in skipped.skip_message
+    assert "sim: 2 unfinished, next due at" in skipped.skip_message
 
     # The operator's "refresh everything": one run tagged smm/poll=all.
     sim.set_refill(panel_refills[ids["fin"]], "Completed")

@@ -149,7 +149,7 @@ def test_publishing_does_not_wait_for_a_reader_holding_the_replica(tmp_path: Pat
         # the reader keeps its consistent old copy until it reconnects
         assert reader.query("SELECT count(*) FROM services") == "[(3,)]"
     leftovers = sorted(p.name for p in tmp_path.iterdir())
-    assert leftovers == ["w.duckdb", "w.read.duckdb"]
+    assert leftovers == ["w.duckdb", "w.duckdb.gate", "w.read.duckdb"]
 
 
 def test_readers_are_not_blocked_by_a_writer_holding_the_warehouse(tmp_path: Path) -> None:

@@ -30,7 +30,6 @@ def build_catalog_defs(panel_names: Sequence[str]) -> dg.Definitions:
 
     @dg.asset(
         partitions_def=panels_partitions,
-        pool="duckdb",
         group_name="panels",
         kinds={"duckdb"},
         description="Each panel's service catalog, synced into `services` with every change "
@@ -42,7 +41,7 @@ def build_catalog_defs(panel_names: Sequence[str]) -> dg.Definitions:
         panel = context.partition_key
         with panels.client(panel) as client:
             refresh = refresh_catalog(client, warehouse.db_path)
-        warehouse.publish(context.log)
+        warehouse.publish(context, panels.settings())
         r = refresh.result
         context.log.info(
             f"{panel}: {r.services} services, {r.new} new, {r.changed} changed, "
@@ -65,7 +64,6 @@ def build_catalog_defs(panel_names: Sequence[str]) -> dg.Definitions:
 
     @dg.asset(
         partitions_def=panels_partitions,
-        pool="duckdb",
         group_name="panels",
         kinds={"duckdb"},
         description="Each panel's balance, appended to `balances` (history kept).",
@@ -76,7 +74,7 @@ def build_catalog_defs(panel_names: Sequence[str]) -> dg.Definitions:
         panel = context.partition_key
         with panels.client(panel) as client:
             balance = refresh_balance(client, warehouse.db_path)
-        warehouse.publish(context.log)
+        warehouse.publish(context, panels.settings())
         context.log.info(f"{panel}: balance {balance.balance} {balance.currency}")
         return dg.MaterializeResult(
             metadata={
@@ -96,7 +94,6 @@ def build_catalog_defs(panel_names: Sequence[str]) -> dg.Definitions:
             for name in panel_names
         ],
         can_subset=True,
-        pool="duckdb",  # it opens the warehouse
     )
     def low_balance(
         context: dg.AssetCheckExecutionContext,

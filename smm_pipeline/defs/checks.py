@@ -68,7 +68,6 @@ def _result(check: str, frame, ok: str, bad: str, severity=dg.AssetCheckSeverity
         ),
     ],
     can_subset=True,
-    pool="duckdb",  # it opens the warehouse
 )
 def order_checks(
     context: dg.AssetCheckExecutionContext,
@@ -138,7 +137,7 @@ class ResolveConfig(dg.Config):
     resolutions: list[AmbiguousResolution]
 
 
-@dg.op(pool="duckdb", description="Apply the operator's resolutions of ambiguous orders.")
+@dg.op(description="Apply the operator's resolutions of ambiguous orders.")
 def resolve_ambiguous_rows(
     context: dg.OpExecutionContext,
     config: ResolveConfig,
@@ -161,7 +160,7 @@ def resolve_ambiguous_rows(
     context.log_event(
         orders_materialization(warehouse, "ambiguous orders resolved", enabled=settings.panel_names)
     )
-    warehouse.publish(context.log)
+    warehouse.publish(context, settings)
     for (panel, ref), message in report.errors.items():
         context.log.error(f"{panel}/{ref}: {message}")
     context.add_output_metadata(

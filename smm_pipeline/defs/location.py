@@ -16,6 +16,7 @@ from smm_pipeline.defs.checks import (
 from smm_pipeline.defs.orders import order_csv_sensor, submit_orders
 from smm_pipeline.defs.polling import order_status_sensor, poll_order_statuses
 from smm_pipeline.defs.refills_cancels import refills_cancels_defs
+from smm_pipeline.defs.replica import replica_defs
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
 
 
@@ -34,9 +35,10 @@ def build_definitions(
             schedules=[order_checks_schedule],
         ),
         refills_cancels_defs,
+        replica_defs,
         dg.Definitions(
-            # Every job's steps run one after another and share the DuckDB pool: a process per
-            # step would only add start-up time.
+            # Every job's steps run one after another in the run's process: a process per step
+            # would only add start-up time.
             executor=dg.in_process_executor,
             resources={
                 "panels": PanelsResource(panels_file=panels_file),

@@ -1,7 +1,8 @@
 """`order_csv_sensor` → `submit_orders`: validate a dropped file, submit it, report it.
 
-The sensor only looks at the folder (no API, no DuckDB). The job's three steps each hold the
-`duckdb` pool; the file leaves the inbox only in the last step (or when it is refused).
+The sensor only looks at the folder (no API, no DuckDB). The job's steps open the warehouse
+only in short connections, so other runs (polls, syncs, other files) go on beside a long
+submission; the file leaves the inbox only in the last step (or when it is refused).
 """
 
 import dagster as dg
@@ -20,7 +21,7 @@ from smm_pipeline.operations.order_files import (
 from smm_pipeline.operations.submission import submit_file
 
 
-@dg.op(pool="duckdb", description="Read the dropped file, validate every row, record the outbox.")
+@dg.op(description="Read the dropped file, validate every row, record the outbox.")
 def validate_order_file(
     context: dg.OpExecutionContext,
     config: FileRunConfig,
@@ -35,7 +36,7 @@ def validate_order_file(
                 log=context.log.info,
             )  # fmt: skip
     except FileRejected as rejected:
-        warehouse.publish(context.log)
+        warehouse.publish(context, settings)
         raise rejection_failure(rejected) from None
     except FileChanged as changed:
         raise dg.Failure(description=str(changed), metadata={"file": config.file_name}) from None
@@ -63,7 +64,7 @@ def validate_order_file(
     return prepared
 
 
-@dg.op(pool="duckdb", description="Send the file's pending rows, exactly once.")
+@dg.op(description="Send the file's pending rows, exactly once.")
 def submit_order_rows(
     context: dg.OpExecutionContext,
     prepared: PreparedOrderFile,
@@ -92,7 +93,7 @@ def submit_order_rows(
     return prepared
 
 
-@dg.op(pool="duckdb", description="Write <name>.results.csv and move the file to processed/.")
+@dg.op(description="Write <name>.results.csv and move the file to processed/.")
 def report_order_file(
     context: dg.OpExecutionContext,
     prepared: PreparedOrderFile,
@@ -113,7 +114,7 @@ def report_order_file(
             ambiguous=summary.ambiguous,
         )
     )
-    warehouse.publish(context.log)
+    warehouse.publish(context, settings)
     context.add_output_metadata(
         {
             "file": prepared.file_name,

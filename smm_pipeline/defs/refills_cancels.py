@@ -1,7 +1,7 @@
 """Refill and cancel files, and refill-status polling (SPEC §3-4).
 
 `refill_csv_sensor` → `request_refills` and `cancel_csv_sensor` → `cancel_orders`: one op per
-file, in the `duckdb` pool. `refill_status_sensor` → `poll_refill_statuses`: the sensor reads
+file. `refill_status_sensor` → `poll_refill_statuses`: the sensor reads
 the latest `refills` materialization's metadata from the instance (open refills, next due time)
 and never opens DuckDB or calls a panel; every writer of `refills` reports one.
 """
@@ -11,7 +11,13 @@ import dagster as dg
 from smm_pipeline.config import Settings
 from smm_pipeline.defs.files import FileRunConfig, file_drop_sensor, rejection_failure
 from smm_pipeline.defs.metadata import frame_preview, markdown_table
-from smm_pipeline.defs.polling import POLL_ALL_TAG, due_poll_request, orders_materialization
+from smm_pipeline.defs.polling import (
+    POLL_ALL_TAG,
+    due_metadata,
+    due_poll_requests,
+    orders_materialization,
+    polled_panels,
+)
 from smm_pipeline.defs.resources import PanelsResource, WarehouseResource
 from smm_pipeline.operations.cancels import cancel_order_file as cancel_file
 from smm_pipeline.operations.inbox import FileRejected
@@ -20,7 +26,12 @@ from smm_pipeline.operations.refills import (
     poll_refills,
 )
 from smm_pipeline.operations.refills import request_refill_file as refill_file
-from smm_pipeline.warehouse.refills import count_requests, open_refills_summary, refill_rows
+from smm_pipeline.panel.ratelimit import Priority
+from smm_pipeline.warehouse.refills import (
+    count_requests,
+    open_refills_summary_by_panel,
+    refill_rows,
+)
 from smm_pipeline.warehouse.status import Cadence
 
 REFILLS_KEY = dg.AssetKey("refills")
@@ -53,11 +64,10 @@ def _cadence(settings: Settings) -> Cadence:
 def refills_materialization(
     warehouse: WarehouseResource, cadence: Cadence, description: str, **metadata
 ) -> dg.AssetMaterialization:
-    """A `refills` materialization carrying what refill_status_sensor needs.
-
-    `open_orders` repeats `open_refills` under the name `due_poll_request` reads."""
+    """A `refills` materialization carrying what refill_status_sensor needs (`due_poll_requests`
+    reads `open_orders`, here the open refills, and `due_by_panel`)."""
     with warehouse.connect() as conn:
-        open_count, next_due = open_refills_summary(conn, cadence)
+        by_panel = open_refills_summary_by_panel(conn, cadence)
         latest = refill_rows(conn)
         total = count_requests(conn, "refills")
     return dg.AssetMaterialization(
@@ -66,10 +76,8 @@ def refills_materialization(
         metadata={
             **metadata,
             "dagster/row_count": total,
-            "open_refills": open_count,
-            "open_orders": open_count,
-            "next_poll_due_at": dg.MetadataValue.float(next_due.timestamp() if next_due else 0.0),
-            "next_poll_due": dg.MetadataValue.text(next_due.isoformat() if next_due else "none"),
+            "open_refills": sum(n for n, _ in by_panel.values()),
+            **due_metadata(by_panel),
             "latest_requests": frame_preview(latest),
         },
     )
@@ -100,7 +108,7 @@ def _log_summary(context: dg.OpExecutionContext, summary: ActionFileSummary, wha
         )
 
 
-@dg.op(pool="duckdb", description="Check a dropped refill file and request its refills.")
+@dg.op(description="Check a dropped refill file and request its refills.")
 def request_refill_file(
     context: dg.OpExecutionContext,
     config: FileRunConfig,
@@ -116,7 +124,7 @@ def request_refill_file(
                 cadence, progress=context.log.info,
             )  # fmt: skip
     except FileRejected as rejected:
-        warehouse.publish(context.log)
+        warehouse.publish(context, settings)
         raise rejection_failure(rejected) from None
     _log_summary(context, summary, "refill")
     context.log_event(
@@ -137,7 +145,7 @@ def request_refill_file(
                 enabled=settings.panel_names,
             )
         )
-    warehouse.publish(context.log)  # after the sensors' signals
+    warehouse.publish(context, settings)  # after the sensors' signals
     context.add_output_metadata(_file_metadata(summary))
 
 
@@ -150,7 +158,7 @@ def request_refills():
     request_refill_file()
 
 
-@dg.op(pool="duckdb", description="Check a dropped cancel file and request its cancels.")
+@dg.op(description="Check a dropped cancel file and request its cancels.")
 def cancel_order_file(
     context: dg.OpExecutionContext,
     config: FileRunConfig,
@@ -165,7 +173,7 @@ def cancel_order_file(
                 _cadence(settings), progress=context.log.info,
             )  # fmt: skip
     except FileRejected as rejected:
-        warehouse.publish(context.log)
+        warehouse.publish(context, settings)
         raise rejection_failure(rejected) from None
     _log_summary(context, summary, "cancel")
     with warehouse.connect() as conn:
@@ -193,7 +201,7 @@ def cancel_order_file(
             cancels_accepted=summary.count("accepted"),
         )
     )
-    warehouse.publish(context.log)  # after the sensors' signals
+    warehouse.publish(context, settings)  # after the sensors' signals
     context.add_output_metadata(_file_metadata(summary))
 
 
@@ -205,21 +213,22 @@ def cancel_orders():
     cancel_order_file()
 
 
-@dg.op(pool="duckdb", description="Poll every due open refill (all with tag smm/poll=all).")
+@dg.op(description="Poll every due open refill (all with tag smm/poll=all).")
 def poll_due_refills(
     context: dg.OpExecutionContext, panels: PanelsResource, warehouse: WarehouseResource
 ) -> None:
     settings = panels.settings()
     cadence = _cadence(settings)
     poll_all = context.run.tags.get(POLL_ALL_TAG) == "all"
-    with panels.clients(settings) as clients:
+    only = polled_panels(context, settings)
+    with panels.clients(settings, only, priority=Priority.POLL) as clients:
         report = poll_refills(
             warehouse.db_path, clients, cadence, poll_all=poll_all, progress=context.log.info
         )
-    warehouse.publish(context.log)
     context.log.info(
-        f"polled {report.polled} of {report.open_before} open refills in {report.calls} calls, "
-        f"{report.changed} changed, {report.open_after} still open"
+        f"{', '.join(only)}: polled {report.polled} of {report.open_before} open refills in "
+        f"{report.calls} calls, {report.changed} changed, {report.open_after} still open"
+        + (f", {sum(report.deferred.values())} left due (budget)" if report.deferred else "")
     )
     context.log_event(
         refills_materialization(
@@ -234,8 +243,10 @@ def poll_due_refills(
     context.add_output_metadata(
         {
             "mode": "all unfinished" if poll_all else "due only",
+            "panels": ", ".join(only),
             "due": report.due,
             "polled": report.polled,
+            "deferred_to_next_poll": sum(report.deferred.values()),
             "changed": report.changed,
             "item_errors": report.item_errors,
             "status_calls": report.calls,
@@ -271,11 +282,16 @@ cancel_csv_sensor = file_drop_sensor(
     job=poll_refill_statuses,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Launches poll_refill_statuses when open refills are due.",
+    description="Launches poll_refill_statuses for each panel whose open refills are due, one "
+    "run per panel at a time.",
 )
 def refill_status_sensor(context: dg.SensorEvaluationContext):
-    return due_poll_request(
-        context.instance, REFILLS_KEY, "refills", retry_seconds=STATUS_SENSOR_RETRY_SECONDS
+    return due_poll_requests(
+        context.instance,
+        REFILLS_KEY,
+        "poll_refill_statuses",
+        "refills",
+        retry_seconds=STATUS_SENSOR_RETRY_SECONDS,
     )
 
 

@@ -1,5 +1,17 @@
-"""Poll every due order's status: 100 ids a call, panels and chunks concurrently within each
-panel's limits, then one set-based write of everything that was observed.
+"""Status polls: every due order (or refill) of the polled panels, 100 ids a call.
+
+One fan-out serves order and refill polls (`fan_out`):
+- panels are polled side by side, each panel's calls at most `max_concurrency` at once, within
+  its request budget (shared with every other process, and after the panel's submissions:
+  a poll client takes only what they leave);
+- ids go out most-overdue first, so when the budget runs short the orders waiting longest are
+  the ones polled, and the rest stay due for the next run (`deferred`): the cadence then fits
+  the budget instead of exceeding it;
+- answers are written as they arrive, in batches, by one writer thread, each batch in its own
+  short warehouse connection: memory stays flat in the number of orders, writing overlaps the
+  network waits, and no connection is held while a panel is asked;
+- a panel that fails (after the client's retries) stops there: what it answered is kept, the
+  rest stays due, and the other panels go on.
 
 Only the panels that have a client (the enabled ones) are polled and counted as open; open
 orders of a disabled or removed panel are logged each run and left as they are."""
@@ -7,17 +19,21 @@ orders of a disabled or removed panel are logged each run and left as they are."
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pandas as pd
 
-from smm_pipeline.panel.client import MAX_IDS_PER_CALL, PanelClient
-from smm_pipeline.panel.errors import PanelError
+from smm_pipeline.panel.client import PanelClient, chunked
+from smm_pipeline.panel.errors import BudgetExhausted, PanelError
 from smm_pipeline.panel.models import OrderStatus
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.status import (
@@ -28,6 +44,173 @@ from smm_pipeline.warehouse.status import (
     open_by_panel,
     open_summary,
 )
+
+T = TypeVar("T")
+
+WRITE_BATCH_ROWS = 5_000  # answers per warehouse write
+WRITE_EVERY_SECONDS = 2.0  # a slow (rate-limited) poll still writes what it has this often
+PROGRESS_EVERY_SECONDS = 10.0
+
+
+@dataclass
+class FanOut:
+    """What one fan-out did, per panel where it matters."""
+
+    polled: int = 0
+    changed: int = 0
+    item_errors: int = 0
+    calls: int = 0
+    writes: int = 0
+    http_seconds: float = 0.0
+    write_seconds: float = 0.0
+    deferred: dict[str, int] = field(default_factory=dict)  # left due: budget spent
+    failed_panels: dict[str, str] = field(default_factory=dict)
+    statuses: Counter[str] = field(default_factory=Counter)
+
+
+class _Writer:
+    """One thread writing batches of answer rows, each in its own short connection."""
+
+    def __init__(
+        self,
+        write: Callable[[list[tuple]], tuple[int, int]],
+        result: FanOut,
+        status_at: int,
+    ) -> None:
+        self._write = write
+        self._result = result
+        self._status_at = status_at
+        self._queue: queue.Queue[list[tuple] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="poll-writer", daemon=True)
+        self._thread.start()
+
+    def add(self, rows: list[tuple]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(rows)
+
+    def _run(self) -> None:
+        pending: list[tuple] = []
+        last = time.monotonic()
+        done = False
+        while not done:
+            try:
+                item = self._queue.get(timeout=WRITE_EVERY_SECONDS)
+            except queue.Empty:
+                item = []
+            if item is None:
+                done = True
+            else:
+                pending.extend(item)
+            due = time.monotonic() - last >= WRITE_EVERY_SECONDS
+            if pending and (done or len(pending) >= WRITE_BATCH_ROWS or due):
+                if self._error is None:
+                    self._flush(pending)
+                pending, last = [], time.monotonic()
+
+    def _flush(self, rows: list[tuple]) -> None:
+        started = time.perf_counter()
+        try:
+            changed, errors = self._write(rows)
+        except BaseException as exc:  # handed to the poll's thread, which raises it
+            self._error = exc
+            return
+        r = self._result
+        r.write_seconds += time.perf_counter() - started
+        r.writes += 1
+        r.polled += len(rows)
+        r.changed += changed
+        r.item_errors += errors
+        r.statuses.update(row[self._status_at] or "(error)" for row in rows)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def fan_out(
+    clients: Mapping[str, PanelClient],
+    ids_by_panel: Mapping[str, Sequence[int]],
+    fetch: Callable[[PanelClient, list[int]], Mapping[int, T]],
+    rows_of: Callable[[str, Mapping[int, T]], list[tuple]],
+    write: Callable[[list[tuple]], tuple[int, int]],
+    *,
+    status_at: int,
+    what: str,
+    progress: Callable[[str], None],
+) -> FanOut:
+    """Poll `ids_by_panel` (in the order given: most-overdue first) with `fetch` (one call of
+    at most 100 ids) and write the answers with `write` as they come (see the module
+    docstring). `rows_of` turns one call's answers into rows; `status_at` is the index of the
+    status in a row (for the tally)."""
+    result = FanOut()
+    writer = _Writer(write, result, status_at)
+    lock = threading.Lock()
+    started = time.perf_counter()
+    calls_before = sum(c.total_calls for c in clients.values())
+
+    def one_panel(panel: str) -> None:
+        client = clients[panel]
+        chunks = chunked(list(ids_by_panel[panel]), client.max_ids_per_call)
+        stop = threading.Event()
+        counts = {"done": 0, "answered": 0}
+        last_report = [time.monotonic()]
+
+        def one(chunk: list[int]) -> Mapping[int, T] | PanelError | None:
+            if stop.is_set():
+                return None  # not sent: left due
+            try:
+                return fetch(client, chunk)
+            except PanelError as exc:  # BudgetExhausted included: nothing was sent
+                stop.set()
+                return exc
+
+        for chunk, answer in client.map_concurrent(one, chunks):
+            if isinstance(answer, BudgetExhausted) or answer is None:
+                with lock:
+                    result.deferred[panel] = result.deferred.get(panel, 0) + len(chunk)
+                continue
+            if isinstance(answer, PanelError):
+                with lock:
+                    result.failed_panels.setdefault(panel, answer.message)
+                    result.deferred[panel] = result.deferred.get(panel, 0) + len(chunk)
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
+            writer.add(rows_of(panel, answer))
+            counts["done"] += 1
+            counts["answered"] += len(answer)
+            if time.monotonic() - last_report[0] >= PROGRESS_EVERY_SECONDS:
+                last_report[0] = time.monotonic()
+                progress(
+                    f"{panel}: {counts['done']}/{len(chunks)} {what} calls answered "
+                    f"({counts['answered']} {what}es so far)"
+                )
+        if panel in result.failed_panels:
+            progress(f"{panel}: {what} poll failed: {result.failed_panels[panel]}")
+        elif result.deferred.get(panel):
+            progress(
+                f"{panel}: {result.deferred[panel]} due ids left for the next poll: the panel's "
+                "request budget went to its submissions"
+            )
+        progress(f"{panel}: {counts['answered']} {what}es in {counts['done']} calls")
+
+    panels = [p for p in ids_by_panel if ids_by_panel[p]]
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, len(panels)), thread_name_prefix="poll") as ex:
+            for future in [ex.submit(one_panel, p) for p in panels]:
+                future.result()
+    finally:
+        result.http_seconds = time.perf_counter() - started
+        writer.close()
+    result.calls = sum(c.total_calls for c in clients.values()) - calls_before
+    return result
+
+
+# ------------------------------------------------------------------ order status polls
 
 
 @dataclass
@@ -41,8 +224,10 @@ class PollReport:
     fixed_interval_calls: int = 0
     http_seconds: float = 0.0
     write_seconds: float = 0.0
+    writes: int = 0
     open_after: int = 0
     next_due_at: datetime | None = None
+    deferred: dict[str, int] = field(default_factory=dict)
     failed_panels: dict[str, str] = field(default_factory=dict)
     disabled_open: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
@@ -51,10 +236,16 @@ class PollReport:
     def calls_saved(self) -> int:
         return self.fixed_interval_calls - self.calls
 
+    def take(self, fan: FanOut) -> None:
+        for name in ("polled", "changed", "item_errors", "calls", "http_seconds",
+                     "write_seconds", "writes", "deferred", "failed_panels"):  # fmt: skip
+            setattr(self, name, getattr(fan, name))
+        self.statuses = dict(sorted(fan.statuses.items()))
 
-def observations_frame(panel: str, statuses: Mapping[int, OrderStatus]) -> pd.DataFrame:
-    """The panel's answers as rows of the warehouse's observation shape (money as text)."""
-    rows = [
+
+def observation_rows(panel: str, statuses: Mapping[int, OrderStatus]) -> list[tuple[Any, ...]]:
+    """The panel's answers as rows of OBSERVATION_COLUMNS (money as text)."""
+    return [
         (
             panel, s.order_id, s.status, s.raw_status,
             None if s.charge is None else str(s.charge),
@@ -63,6 +254,10 @@ def observations_frame(panel: str, statuses: Mapping[int, OrderStatus]) -> pd.Da
         )
         for s in statuses.values()
     ]  # fmt: skip
+
+
+def rows_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """Observation rows as the frame `apply_observations` takes."""
     frame = pd.DataFrame(rows, columns=OBSERVATION_COLUMNS)
     for column in ("start_count", "remains", "subscription_posts"):
         frame[column] = pd.array(frame[column], dtype="Int64")
@@ -70,6 +265,11 @@ def observations_frame(panel: str, statuses: Mapping[int, OrderStatus]) -> pd.Da
                    "subscription_orders"):  # fmt: skip
         frame[column] = pd.array(frame[column], dtype="string")
     return frame
+
+
+def observations_frame(panel: str, statuses: Mapping[int, OrderStatus]) -> pd.DataFrame:
+    """The panel's answers in the warehouse's observation shape."""
+    return rows_frame(observation_rows(panel, statuses))
 
 
 def poll_orders(
@@ -80,6 +280,8 @@ def poll_orders(
     poll_all: bool = False,
     progress: Callable[[str], None] = print,
 ) -> PollReport:
+    """Poll the due unfinished orders of the panels in `clients` (every unfinished one with
+    `poll_all`); see the module docstring."""
     report = PollReport()
     now = datetime.now(UTC)
     with connect(db_path) as conn:
@@ -89,7 +291,7 @@ def poll_orders(
     due = due[due["panel"].isin(list(clients))]
     report.due = len(due)
     report.fixed_interval_calls = sum(
-        math.ceil(n / MAX_IDS_PER_CALL) for p, n in open_counts.items() if p in clients
+        math.ceil(n / clients[p].max_ids_per_call) for p, n in open_counts.items() if p in clients
     )
     report.disabled_open = {p: n for p, n in sorted(open_counts.items()) if p not in clients}
     if report.disabled_open:
@@ -97,38 +299,21 @@ def poll_orders(
             "not polling open orders of panels that are not enabled (not counted as open): "
             + ", ".join(f"{p} ({n})" for p, n in report.disabled_open.items())
         )
-    by_panel = {p: list(f["order_id"]) for p, f in due.groupby("panel")} if len(due) else {}
-    started = time.perf_counter()
-    calls_before = sum(c.total_calls for c in clients.values())
+    # Most-overdue first (the order due_orders gives), per panel.
+    by_panel = {
+        str(p): [int(i) for i in f["order_id"]] for p, f in due.groupby("panel", sort=False)
+    }
+    del due
 
-    def one(panel: str) -> pd.DataFrame | PanelError:
-        client = clients[panel]
-        before = client.total_calls
-        try:
-            statuses = client.statuses(by_panel[panel])
-        except PanelError as exc:
-            return exc
-        progress(f"{panel}: {len(statuses)} statuses in {client.total_calls - before} calls")
-        return observations_frame(panel, statuses)
+    def write(rows: list[tuple]) -> tuple[int, int]:
+        with connect(db_path) as conn:
+            return apply_observations(conn, rows_frame(rows), now, cadence)
 
-    panels = list(by_panel)
-    frames = []
-    with ThreadPoolExecutor(max_workers=max(1, len(panels))) as pool:
-        for panel, result in zip(panels, pool.map(one, panels), strict=True):
-            if isinstance(result, PanelError):
-                report.failed_panels[panel] = result.message
-                progress(f"{panel}: poll failed: {result.message}")
-            else:
-                frames.append(result)
-    report.http_seconds = time.perf_counter() - started
-    report.calls = sum(c.total_calls for c in clients.values()) - calls_before
-    observed = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    report.polled = len(observed)
-    write_started = time.perf_counter()
+    fan = fan_out(
+        clients, by_panel, PanelClient.status_chunk, observation_rows, write,
+        status_at=OBSERVATION_COLUMNS.index("status"), what="status", progress=progress,
+    )  # fmt: skip
+    report.take(fan)
     with connect(db_path) as conn:
-        report.changed, report.item_errors = apply_observations(conn, observed, now, cadence)
         report.open_after, report.next_due_at = open_summary(conn, clients)
-    report.write_seconds = time.perf_counter() - write_started
-    if len(observed):
-        report.statuses = observed["status"].fillna("(error)").value_counts().sort_index().to_dict()
     return report

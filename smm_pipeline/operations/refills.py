@@ -19,7 +19,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,10 +36,10 @@ from smm_pipeline.intake.reports import (
 )
 from smm_pipeline.intake.row_errors import RowError
 from smm_pipeline.operations.inbox import FileRejected, Folders, move_handled, reject_file
-from smm_pipeline.operations.polling import observations_frame
+from smm_pipeline.operations.polling import fan_out, observations_frame
 from smm_pipeline.panel.client import MAX_IDS_PER_CALL, BatchStop, PanelClient, chunked
 from smm_pipeline.panel.errors import PanelError
-from smm_pipeline.panel.models import RefillResult
+from smm_pipeline.panel.models import RefillResult, RefillStatus
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.processed_files import FileClaim, claim_file, finish_file
 from smm_pipeline.warehouse.refills import (
@@ -54,7 +53,7 @@ from smm_pipeline.warehouse.refills import (
     record_in_flight,
     record_refill_outcomes,
     refill_state,
-    refill_status_frame,
+    refill_status_frame_from_rows,
 )
 from smm_pipeline.warehouse.status import Cadence, apply_observations
 
@@ -251,32 +250,34 @@ def handle_action_file(
     read = read_action_file(content, file_name, settings, spec.kind)
     calls_before = sum(c.total_calls for c in clients.values())
     summary = ActionFileSummary(spec.kind, file_name, digest, Path(), [], warnings=warnings)
-    # One connection for the whole file: the run holds the `duckdb` pool anyway, and opening
-    # a DuckDB file costs more than everything this step writes.
+    # Short connections only: the warehouse is never held while a panel is asked (other runs
+    # write between this file's windows).
     with connect(db_path) as conn:
         claim = claim_file(conn, digest, spec.folder, file_name, datetime.now(UTC))
         if not read.ok:
             raise _reject(spec, conn, folders, source, claim, read.errors)
         if claim.previous_outcome == "processed":
-            summary.already_processed = True
             targets = order_targets(conn, _targets_frame(read))
             earlier = _earlier_by_order(file_requests(conn, spec.table, claim))
-            summary.outcomes = _already_processed(targets, claim, earlier)
-            progress(
-                f"{file_name}: this content was already processed as {claim.file_name} "
-                f"({claim.first_seen_at:%Y-%m-%d %H:%M} UTC): nothing is requested again"
-            )
-        else:
-            summary.resumed = claim.previous_outcome == "requesting"
-            if summary.resumed:
-                progress(f"{file_name}: an earlier run on this content stopped midway: resuming")
-            summary.outcomes = _check_and_send(spec, conn, read, claim, clients, cadence, summary,
-                                               progress)  # fmt: skip
-
-        target_name = move_handled(source, folders.processed).name
-        summary.results_file = _write_results(
-            results_report_path(folders.processed, target_name), spec, summary.outcomes
+    if claim.previous_outcome == "processed":
+        summary.already_processed = True
+        summary.outcomes = _already_processed(targets, claim, earlier)
+        progress(
+            f"{file_name}: this content was already processed as {claim.file_name} "
+            f"({claim.first_seen_at:%Y-%m-%d %H:%M} UTC): nothing is requested again"
         )
+    else:
+        summary.resumed = claim.previous_outcome == "requesting"
+        if summary.resumed:
+            progress(f"{file_name}: an earlier run on this content stopped midway: resuming")
+        summary.outcomes = _check_and_send(spec, db_path, read, claim, clients, cadence, summary,
+                                           progress)  # fmt: skip
+
+    target_name = move_handled(source, folders.processed).name
+    summary.results_file = _write_results(
+        results_report_path(folders.processed, target_name), spec, summary.outcomes
+    )
+    with connect(db_path) as conn:
         finish_file(conn, digest, spec.folder, "processed", len(summary.outcomes))
     summary.calls = sum(c.total_calls for c in clients.values()) - calls_before
     summary.seconds = time.perf_counter() - started
@@ -345,7 +346,7 @@ def _targets_frame(read: ActionFileResult) -> pd.DataFrame:
 
 
 def _refresh_statuses(
-    conn: duckdb.DuckDBPyConnection,
+    db_path: Path,
     targets: pd.DataFrame,
     clients: Mapping[str, PanelClient],
     cadence: Cadence,
@@ -373,14 +374,15 @@ def _refresh_statuses(
     if not frames:
         return
     observed = pd.concat(frames, ignore_index=True)
-    summary.orders_changed, _ = apply_observations(conn, observed, datetime.now(UTC), cadence)
+    with connect(db_path) as conn:
+        summary.orders_changed, _ = apply_observations(conn, observed, datetime.now(UTC), cadence)
     summary.status_refreshed = len(observed)
     progress(f"refreshed {len(observed)} order statuses, {summary.orders_changed} changed")
 
 
 def _check_and_send(
     spec: ActionSpec,
-    conn: duckdb.DuckDBPyConnection,
+    db_path: Path,
     read: ActionFileResult,
     claim: FileClaim,
     clients: Mapping[str, PanelClient],
@@ -389,9 +391,12 @@ def _check_and_send(
     progress: Callable[[str], None],
 ) -> list[RowOutcome]:
     wanted = _targets_frame(read)
-    _refresh_statuses(conn, order_targets(conn, wanted), clients, cadence, summary, progress)
-    targets = order_targets(conn, wanted)
-    earlier = _earlier_by_order(file_requests(conn, spec.table, claim))
+    with connect(db_path) as conn:
+        before_refresh = order_targets(conn, wanted)
+    _refresh_statuses(db_path, before_refresh, clients, cadence, summary, progress)
+    with connect(db_path) as conn:
+        targets = order_targets(conn, wanted)
+        earlier = _earlier_by_order(file_requests(conn, spec.table, claim))
 
     outcomes: dict[int, RowOutcome] = {}
     to_send: dict[str, list[Any]] = {}
@@ -421,21 +426,23 @@ def _check_and_send(
         f"{sum(o.state == SKIPPED for o in outcomes.values())} already requested"
     )
     for panel, rows in to_send.items():
-        for outcome in _send_panel(spec, conn, clients[panel], rows, claim, progress):
+        for outcome in _send_panel(spec, db_path, clients[panel], rows, claim, progress):
             outcomes[outcome.row] = outcome
     return [outcomes[r] for r in sorted(outcomes)]
 
 
 def _send_panel(
     spec: ActionSpec,
-    conn: duckdb.DuckDBPyConnection,
+    db_path: Path,
     client: PanelClient,
     rows: list[Any],
     claim: FileClaim,
     progress: Callable[[str], None],
 ) -> list[RowOutcome]:
     """Request a panel's rows in windows of (100 ids x the panel's concurrency): each window
-    is recorded in flight, sent (the client splits it into calls of 100), then recorded."""
+    is claimed in flight (one short write), sent (the client splits it into calls of 100),
+    then recorded (another). An order another run of the same content claimed meanwhile is
+    skipped, never sent twice."""
     panel = client.panel.name
     by_order = {int(r.order_id): r for r in rows}
     window = MAX_IDS_PER_CALL * client.panel.max_concurrency
@@ -443,9 +450,20 @@ def _send_panel(
     stop = BatchStop()  # an answer that is not the API stops the whole file's panel batch
     for ids in chunked(list(by_order), window):
         requested_at = datetime.now(UTC)
-        record_in_flight(conn, spec.table, panel, ids, claim, requested_at)
-        results = spec.send(client, ids, stop)
-        results = spec.record(conn, panel, claim.file_name, requested_at, results)
+        with connect(db_path) as conn:
+            claimed = record_in_flight(conn, spec.table, panel, ids, claim, requested_at)
+        for order_id in sorted(set(ids) - set(claimed)):
+            row, _, _, ref, service_id = _target_fields(by_order[order_id])
+            outcomes.append(
+                RowOutcome(row, panel, order_id, ref, service_id, SKIPPED, None,
+                           "requested meanwhile by another run of this file's content; "
+                           "not sent again")
+            )  # fmt: skip
+        if not claimed:
+            continue
+        results = spec.send(client, claimed, stop)
+        with connect(db_path) as conn:
+            results = spec.record(conn, panel, claim.file_name, requested_at, results)
         for result in results:
             row, _, order_id, ref, service_id = _target_fields(by_order[int(result.order_id)])
             state = spec.state_of(result)
@@ -494,6 +512,7 @@ class RefillPollReport:
     open_after: int = 0
     next_due_at: datetime | None = None
     failed_panels: dict[str, str] = field(default_factory=dict)
+    deferred: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -507,7 +526,8 @@ def poll_refills(
     progress: Callable[[str], None] = log.info,
 ) -> RefillPollReport:
     """Ask each panel for the status of its due refills (every open one with `poll_all`),
-    100 ids a call, panels concurrently; then one set-based write of all answers."""
+    100 ids a call, panels side by side, answers written as they come (operations/polling.py
+    `fan_out`)."""
     started = time.perf_counter()
     report = RefillPollReport()
     now = datetime.now(UTC)
@@ -516,40 +536,32 @@ def poll_refills(
         report.open_before = sum(open_refills_by_panel(conn).values())
     report.due = len(due)
     by_panel = (
-        {str(p): [int(i) for i in f["refill_id"]] for p, f in due.groupby("panel")}
+        {str(p): [int(i) for i in f["refill_id"]] for p, f in due.groupby("panel", sort=False)}
         if len(due)
         else {}
     )
     skipped = sorted(set(by_panel) - set(clients))
     if skipped:
         progress(f"not polling refills of panels that are not enabled: {', '.join(skipped)}")
-    panels = [p for p in by_panel if p in clients]
-    calls_before = sum(c.total_calls for c in clients.values())
+    by_panel = {p: ids for p, ids in by_panel.items() if p in clients}
 
-    def one(panel: str) -> pd.DataFrame | PanelError:
-        try:
-            statuses = clients[panel].refill_statuses(by_panel[panel])
-        except PanelError as exc:
-            return exc
-        progress(f"{panel}: {len(statuses)} refill statuses")
-        return refill_status_frame(panel, list(statuses.values()))
+    def rows_of(panel: str, statuses: Mapping[int, RefillStatus]) -> list[tuple]:
+        return [(panel, int(s.refill_id), s.status, s.raw_status, s.error)
+                for s in statuses.values()]  # fmt: skip
 
-    frames = []
-    with ThreadPoolExecutor(max_workers=max(1, len(panels))) as pool:
-        for panel, result in zip(panels, pool.map(one, panels), strict=True):
-            if isinstance(result, PanelError):
-                report.failed_panels[panel] = result.message
-                progress(f"{panel}: refill status poll failed: {result.message}")
-            else:
-                frames.append(result)
-    report.calls = sum(c.total_calls for c in clients.values()) - calls_before
-    observed = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    report.polled = len(observed)
+    def write(rows: list[tuple]) -> tuple[int, int]:
+        frame = refill_status_frame_from_rows(rows)
+        with connect(db_path) as conn:
+            return apply_refill_statuses(conn, frame, now)
+
+    fan = fan_out(
+        clients, by_panel, PanelClient.refill_status_chunk, rows_of, write,
+        status_at=2, what="refill status", progress=progress,
+    )  # fmt: skip
+    report.polled, report.changed, report.item_errors = fan.polled, fan.changed, fan.item_errors
+    report.calls, report.failed_panels, report.deferred = fan.calls, fan.failed_panels, fan.deferred
+    report.statuses = dict(sorted(fan.statuses.items()))
     with connect(db_path) as conn:
-        report.changed, report.item_errors = apply_refill_statuses(conn, observed, now)
         report.open_after, report.next_due_at = open_refills_summary(conn, cadence)
-    if len(observed):
-        counted = observed["status"].astype("object").where(observed["status"].notna(), "(error)")
-        report.statuses = {str(k): int(v) for k, v in counted.value_counts().sort_index().items()}
     report.seconds = time.perf_counter() - started
     return report

@@ -122,20 +122,27 @@ def _unknown_orders(
     return errors
 
 
-def _budget_errors(
-    conn: duckdb.DuckDBPyConnection,
-    settings: Settings,
-    resubmit: list[tuple[str, str]],
-    clients: Mapping[str, PanelClient],
-) -> dict[tuple[str, str], str]:
-    """Per resubmitted key, why its panel's resend does not fit the fresh balance or
-    max_batch_spend (or the panel cannot be reached); empty when every panel's does."""
+def _resubmit_costs(
+    conn: duckdb.DuckDBPyConnection, resubmit: list[tuple[str, str]]
+) -> dict[str, list[tuple[str, Decimal]]]:
+    """Per panel, the (ref, estimated cost) of the rows a resubmit would send."""
     current = existing_refs(conn, resubmit)
     costs: dict[str, list[tuple[str, Decimal]]] = {}
     for panel, ref in resubmit:
         row = current.get((panel, ref))
         if row is not None and row.submit_state in RESENDABLE_STATES:
             costs.setdefault(panel, []).append((ref, row.estimated_cost))
+    return costs
+
+
+def _budget_errors(
+    costs: dict[str, list[tuple[str, Decimal]]],
+    settings: Settings,
+    clients: Mapping[str, PanelClient],
+) -> dict[tuple[str, str], str]:
+    """Per resubmitted key, why its panel's resend does not fit the fresh balance or
+    max_batch_spend (or the panel cannot be reached); empty when every panel's does.
+    Asks the panels for their balance: called with no warehouse connection open."""
     errors: dict[tuple[str, str], str] = {}
     for panel, items in sorted(costs.items()):
         client = clients.get(panel)
@@ -193,12 +200,13 @@ def resolve_ambiguous(
     settle_interrupted(db_path, progress)  # a killed resubmit's `sending` rows first
     report = ResolveReport()
     resubmit = [(r.panel, r.ref) for r in resolutions if r.action == "resubmit"]
+    # The panels are asked (order ids, balances) with no warehouse connection open; the rows
+    # are then resolved in one short write, which re-checks each row's state itself.
     with connect(db_path) as conn:
-        refused = (
-            _unknown_orders(resolutions, clients)
-            | _attach_errors(conn, resolutions)
-            | _budget_errors(conn, settings, resubmit, clients)
-        )
+        costs = _resubmit_costs(conn, resubmit)
+    asked = _unknown_orders(resolutions, clients) | _budget_errors(costs, settings, clients)
+    with connect(db_path) as conn:
+        refused = asked | _attach_errors(conn, resolutions)
         report.errors = resolve_rows(
             conn,
             [(r.panel, r.ref, r.action, r.order_id) for r in resolutions

@@ -1,6 +1,8 @@
 """The API v2 client: one `PanelClient` per panel, thread-safe, sync.
 
-Every request goes through the panel's process-wide limiter (rate budget and concurrency cap).
+Every request goes through the panel's budget (rate and concurrency cap, `panel/ratelimit.py`),
+shared with every process that uses the same budget folder; a client made for polls
+(`priority=Priority.POLL`) takes only what submissions leave, and gives up after `budget_wait`.
 Read-only actions retry with exponential backoff and jitter, honouring Retry-After (on 429 and
 on any 5xx that carries it); a 3xx or 4xx answer to a read is an error, not retried.
 
@@ -24,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -48,7 +51,7 @@ from smm_pipeline.panel.models import (
     RefillStatus,
     Service,
 )
-from smm_pipeline.panel.ratelimit import PanelLimiter, limiter_for
+from smm_pipeline.panel.ratelimit import PanelBudget, Priority, budget_for
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,9 @@ class PanelClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         backoff_base: float = 0.5,
+        budget_dir: Path | None = None,
+        priority: Priority = Priority.SUBMIT,
+        budget_wait: float | None = None,
     ) -> None:
         if not isinstance(key, Secret):
             raise TypeError("key must be a config.Secret")
@@ -88,9 +94,11 @@ class PanelClient:
         self._key = key
         self._sleep = sleep
         self._backoff_base = backoff_base
-        self.limiter: PanelLimiter = limiter_for(
-            panel.name, panel.rate_limit_per_minute, panel.max_concurrency
+        self.budget: PanelBudget = budget_for(
+            panel.name, panel.rate_limit_per_minute, panel.max_concurrency, budget_dir
         )
+        self.priority = priority
+        self.budget_wait = budget_wait
         self._http = httpx.Client(
             timeout=httpx.Timeout(panel.timeout_seconds, connect=min(10.0, panel.timeout_seconds)),
             follow_redirects=False,
@@ -137,7 +145,7 @@ class PanelClient:
     ) -> Any:
         """One POST. Returns the decoded JSON body or raises a PanelError subclass."""
         data = {"key": self._key.reveal(), "action": action, **params}
-        with self.limiter.slot():
+        with self.budget.slot(self.priority, self.budget_wait):  # may raise BudgetExhausted
             if before_send is not None:
                 before_send()  # may raise: then nothing is sent
             with self._counter_lock:
@@ -261,7 +269,7 @@ class PanelClient:
             except RateLimitedError as exc:
                 # The panel refused without processing: safe to retry, for writes too.
                 wait = self._backoff(attempt, exc.retry_after)
-                self.limiter.back_off(wait)
+                self.budget.back_off(wait)
                 error: PanelError = exc
             except TransportError as exc:
                 if writing and exc.sent:
@@ -276,7 +284,7 @@ class PanelClient:
                     raise
                 error, wait = exc, self._backoff(attempt, exc.retry_after)
                 if exc.retry_after is not None:  # e.g. 503 "come back in N seconds"
-                    self.limiter.back_off(wait)
+                    self.budget.back_off(wait)
             except InvalidResponseError as exc:  # likewise
                 if writing:
                     raise self._unanswered(exc, action, stops_batch=False) from None
@@ -316,7 +324,7 @@ class PanelClient:
     def map_concurrent(
         self, fn: Callable[[T], R], items: Iterable[T]
     ) -> Iterator[tuple[T, R | BaseException]]:
-        """Run `fn` over items with at most `max_concurrency` in flight (the limiter still
+        """Run `fn` over items with at most `max_concurrency` in flight (the budget still
         governs each request). Yields (item, result or exception) as they finish."""
         items = list(items)
         if not items:
@@ -345,16 +353,15 @@ class PanelClient:
 
     def statuses(self, order_ids: Iterable[int]) -> dict[int, OrderStatus]:
         """Many orders' statuses, 100 ids a call, chunks in parallel; per-item errors as data."""
-        ids = _unique(order_ids)
+        return self._merge_chunks(_unique(order_ids), self.status_chunk)
 
-        def one(chunk: list[int]) -> dict[int, OrderStatus]:
-            return self._parsed(
-                "status",
-                {"orders": ",".join(map(str, chunk))},
-                lambda b: parsing.parse_multi_status(chunk, b),
-            )
-
-        return self._merge_chunks(ids, one)
+    def status_chunk(self, chunk: list[int]) -> dict[int, OrderStatus]:
+        """One multi-status call (at most `max_ids_per_call` ids); per-item errors as data."""
+        return self._parsed(
+            "status",
+            {"orders": ",".join(map(str, chunk))},
+            lambda b: parsing.parse_multi_status(chunk, b),
+        )
 
     def refill_status(self, refill_id: int) -> RefillStatus:
         rid = int(refill_id)
@@ -363,16 +370,15 @@ class PanelClient:
         )
 
     def refill_statuses(self, refill_ids: Iterable[int]) -> dict[int, RefillStatus]:
-        ids = _unique(refill_ids)
+        return self._merge_chunks(_unique(refill_ids), self.refill_status_chunk)
 
-        def one(chunk: list[int]) -> dict[int, RefillStatus]:
-            return self._parsed(
-                "refill_status",
-                {"refills": ",".join(map(str, chunk))},
-                lambda b: parsing.parse_multi_refill_status(chunk, b),
-            )
-
-        return self._merge_chunks(ids, one)
+    def refill_status_chunk(self, chunk: list[int]) -> dict[int, RefillStatus]:
+        """One multi refill-status call (at most `max_ids_per_call` ids)."""
+        return self._parsed(
+            "refill_status",
+            {"refills": ",".join(map(str, chunk))},
+            lambda b: parsing.parse_multi_refill_status(chunk, b),
+        )
 
     def _merge_chunks(self, ids: list[int], one: Callable[[list[int]], dict[int, R]]) -> dict:
         merged: dict[int, R] = {}

@@ -35,6 +35,18 @@ class TransportError(PanelError):
         self.sent = sent
 
 
+class BudgetExhausted(PanelError):
+    """A poll's share of the panel's request budget was not free within its wait (the
+    submissions to that panel come first): nothing was sent, and the poll defers the rest."""
+
+    def __init__(self, panel: str, waited: float) -> None:
+        super().__init__(
+            f"no request budget left for polls within {waited:g} s (submissions to this panel "
+            "come first); nothing was sent",
+            panel=panel,
+        )
+
+
 class HTTPStatusError(PanelError):
     """The panel answered with an HTTP error status (4xx/5xx) and no usable JSON error.
 

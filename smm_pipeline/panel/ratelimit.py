@@ -1,54 +1,279 @@
-"""Per-panel request budget and concurrency cap, shared by every caller in the process.
+"""Each panel's request budget and concurrency cap, shared by every process that talks to it.
 
-A panel's budget is `rate_limit_per_minute`; requests are spaced at least 60/rate seconds apart
-(so no 60-second window ever holds more than the budget) and at most `max_concurrency` are in
-flight at once. Both limits are keyed by panel name, so two clients for the same panel in one
-process (two Dagster steps, a sensor and an op) share them.
+A panel allows `rate_limit_per_minute` requests and `max_concurrency` at once. Dagster runs are
+separate processes, so both limits live outside any one process, in a budget folder
+(`SMM_DATA_DIR/panel_budget/` for the pipeline):
+
+- **Rate**: pyrate-limiter's `SQLiteBucket` (a sliding-window log in `budget.sqlite`, one table
+  per panel, serialised across processes by a `filelock` lock file). Two rates hold at once: the
+  minute's budget, and a spacing of 60/rate seconds between requests, so the budget is never
+  spent in one burst at the start of a minute.
+- **Priority**: submissions (and everything else that is not a poll) may fill the whole minute;
+  status polls count against the same log but stop at `POLL_SHARE` of it, so the rest of each
+  minute is always free for a submission, and a submission running flat out leaves polls
+  nothing. A poll also waits at most a bounded time for its share (`wait`): when the budget is
+  spent it gives up with `BudgetExhausted` (nothing was sent), and the poll defers the rest of
+  its orders to the next run instead of queueing behind the submission.
+- **Concurrency**: `max_concurrency` slot files per panel, each held with `flock` while a
+  request is in flight (released by the kernel if the process dies).
+- **Back-off**: a 429's Retry-After holds every process's requests to that panel, through a
+  `not_before` row in the same SQLite file.
+
+Without a folder (`budget_dir=None`, the library default for scripts and tests) the same
+buckets live in a private in-memory SQLite database: shared by the threads of one process only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import math
+import os
+import random
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+
+from filelock import FileLock
+from pyrate_limiter import Limiter, Rate, SingleBucketFactory, SQLiteBucket
+
+from smm_pipeline.panel.errors import BudgetExhausted
+
+BUDGET_FILE = "budget.sqlite"
+POLL_SHARE = 0.9  # of each minute's budget: the rest is kept for submissions
+_MINUTE_MS = 60_000
+_SLOT_RETRY_SECONDS = (0.002, 0.02)
 
 
-class PanelLimiter:
-    def __init__(self, rate_limit_per_minute: int, max_concurrency: int) -> None:
-        self.interval = 60.0 / rate_limit_per_minute
+class Priority(Enum):
+    SUBMIT = "submit"  # writes, and the reads a submission needs (balance, catalog)
+    POLL = "poll"  # status and refill-status polls: what is left of the budget
+
+
+def _rates(per_minute: int) -> list[Rate]:
+    """The minute's budget, preceded by the spacing rate (1 per 60/rate seconds) when the
+    budget is more than one a minute; pyrate wants generous-before-tight order."""
+    per_minute = max(1, per_minute)
+    spacing_ms = _MINUTE_MS // per_minute
+    if per_minute == 1 or spacing_ms < 1:
+        return [Rate(per_minute, _MINUTE_MS)]
+    return [Rate(1, spacing_ms), Rate(per_minute, _MINUTE_MS)]
+
+
+def poll_limit(per_minute: int) -> int:
+    """How many requests a minute polls may take of a budget of `per_minute`."""
+    return max(1, math.floor(per_minute * POLL_SHARE))
+
+
+class _Slots:
+    """At most `n` holders across processes: `n` lock files, each held with flock."""
+
+    def __init__(self, folder: Path, panel: str, n: int) -> None:
+        folder = folder / f"{panel}.slots"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._paths = [folder / f"{i}.lock" for i in range(n)]
+        self._local = [threading.Lock() for _ in range(n)]
+        self._fds: list[int | None] = [None] * n
+
+    def _try(self, i: int) -> bool:
+        if not self._local[i].acquire(blocking=False):
+            return False
+        try:
+            fd = self._fds[i]
+            if fd is None:
+                fd = self._fds[i] = os.open(self._paths[i], os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            self._local[i].release()
+            return False
+
+    def acquire(self, deadline: float | None) -> int | None:
+        order = list(range(len(self._paths)))
+        while True:
+            random.shuffle(order)
+            for i in order:
+                if self._try(i):
+                    return i
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(random.uniform(*_SLOT_RETRY_SECONDS))
+
+    def release(self, i: int) -> None:
+        fd = self._fds[i]
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        self._local[i].release()
+
+
+class PanelBudget:
+    """The request budget and concurrency cap of one panel (see the module docstring)."""
+
+    def __init__(
+        self, panel: str, rate_limit_per_minute: int, max_concurrency: int, folder: Path | None
+    ) -> None:
+        self.panel = panel
+        self.rate_limit_per_minute = rate_limit_per_minute
         self.max_concurrency = max_concurrency
-        self._slots = threading.BoundedSemaphore(max_concurrency)
-        self._lock = threading.Lock()
-        self._next_start = 0.0
+        self.folder = folder
+        table = "panel_" + panel.encode().hex()
+        if folder is None:
+            conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level="DEFERRED")
+            lock: threading.RLock | FileLock = threading.RLock()
+            conn.execute(f"CREATE TABLE '{table}' (name VARCHAR, item_timestamp INTEGER)")
+            conn.execute(f"CREATE INDEX 'idx_{table}' ON '{table}' (item_timestamp)")
+            submit = SQLiteBucket(_rates(rate_limit_per_minute), conn, table, lock=lock)
+            self._semaphore: threading.BoundedSemaphore | None = threading.BoundedSemaphore(
+                max_concurrency
+            )
+            self._slots: _Slots | None = None
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            submit = SQLiteBucket.init_from_file(
+                _rates(rate_limit_per_minute),
+                table=table,
+                db_path=str(folder / BUDGET_FILE),
+                use_file_lock=True,
+            )
+            conn, lock = submit.conn, submit.lock
+            self._semaphore = None
+            self._slots = _Slots(folder, panel, max_concurrency)
+        with lock:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS not_before (panel TEXT PRIMARY KEY, until_ms INTEGER)"
+            )
+            conn.commit()
+        self._conn, self._lock = conn, lock
+        poll_rates = _rates(poll_limit(rate_limit_per_minute))
+        poll = SQLiteBucket(poll_rates, conn, table, lock=lock)
+        # buffer_ms: pyrate sleeps this much beyond the computed wait; 1 ms keeps the spacing.
+        self._limiters = {
+            Priority.SUBMIT: Limiter(SingleBucketFactory(submit), buffer_ms=1),
+            Priority.POLL: Limiter(SingleBucketFactory(poll, schedule_leak=False), buffer_ms=1),
+        }
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one concurrency slot and start no earlier than the rate budget allows."""
-        with self._slots:
-            with self._lock:
-                now = time.monotonic()
-                start = max(now, self._next_start)
-                self._next_start = start + self.interval
-            if start > now:
-                time.sleep(start - now)
-            yield
+    def __repr__(self) -> str:
+        where = self.folder if self.folder is not None else "this process"
+        return (
+            f"PanelBudget({self.panel!r}, {self.rate_limit_per_minute}/min, "
+            f"{self.max_concurrency} at once, shared by {where})"
+        )
+
+    def _not_before(self) -> float:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT until_ms FROM not_before WHERE panel = ?", [self.panel]
+            ).fetchone()
+        return 0.0 if row is None else row[0] / 1000
 
     def back_off(self, seconds: float) -> None:
-        """The panel asked us to wait (429 Retry-After): no request starts before then."""
+        """The panel asked us to wait (429 Retry-After): no process starts a request to it
+        before then."""
+        until_ms = int((time.time() + seconds) * 1000)
         with self._lock:
-            self._next_start = max(self._next_start, time.monotonic() + seconds)
+            self._conn.execute(
+                """
+                INSERT INTO not_before (panel, until_ms) VALUES (?, ?)
+                ON CONFLICT (panel) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)
+                """,
+                [self.panel, until_ms],
+            )
+            self._conn.commit()
+
+    @contextmanager
+    def slot(
+        self, priority: Priority = Priority.SUBMIT, wait: float | None = None
+    ) -> Iterator[None]:
+        """Hold one concurrency slot and one request of the budget for the request sent
+        inside. `wait` bounds the time spent waiting (None: as long as it takes); past it,
+        BudgetExhausted is raised and nothing may be sent."""
+        started = time.monotonic()
+        deadline = None if wait is None else started + wait
+        held = self._acquire_slot(deadline)
+        if held is None:
+            raise BudgetExhausted(self.panel, wait or 0.0)
+        try:
+            self._acquire_rate(priority, deadline, wait)
+            yield
+        finally:
+            self._release_slot(held)
+
+    def _acquire_slot(self, deadline: float | None) -> int | None:
+        if self._semaphore is not None:
+            if deadline is None:
+                self._semaphore.acquire()
+                return 0
+            return (
+                0
+                if self._semaphore.acquire(timeout=max(0.0, deadline - time.monotonic()))
+                else None
+            )
+        assert self._slots is not None
+        return self._slots.acquire(deadline)
+
+    def _release_slot(self, held: int) -> None:
+        if self._semaphore is not None:
+            self._semaphore.release()
+        else:
+            assert self._slots is not None
+            self._slots.release(held)
+
+    def _acquire_rate(self, priority: Priority, deadline: float | None, wait: float | None) -> None:
+        pause = self._not_before() - time.time()
+        if pause > 0:
+            if deadline is not None and time.monotonic() + pause > deadline:
+                raise BudgetExhausted(self.panel, wait or 0.0)
+            time.sleep(pause)
+        limiter = self._limiters[priority]
+        if deadline is None:
+            limiter.try_acquire(self.panel)
+            return
+        remaining = max(0.0, deadline - time.monotonic())
+        if not limiter.try_acquire(self.panel, timeout=remaining):
+            raise BudgetExhausted(self.panel, wait or 0.0)
+
+    def spent_last_minute(self) -> int:
+        """Requests started in the last 60 s, by every process sharing this budget."""
+        table = "panel_" + self.panel.encode().hex()
+        since = int(time.time() * 1000) - _MINUTE_MS
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT count(*) FROM '{table}' WHERE item_timestamp >= ?", [since]
+            ).fetchone()
+        return int(row[0])
 
 
-_registry: dict[tuple[str, int, int], PanelLimiter] = {}
+_registry: dict[tuple[str, int, int, str], PanelBudget] = {}
 _registry_lock = threading.Lock()
 
 
-def limiter_for(panel: str, rate_limit_per_minute: int, max_concurrency: int) -> PanelLimiter:
-    """The process-wide limiter of a panel (one per name and limits)."""
-    key = (panel, rate_limit_per_minute, max_concurrency)
+def budget_for(
+    panel: str, rate_limit_per_minute: int, max_concurrency: int, folder: Path | None = None
+) -> PanelBudget:
+    """This process's handle on a panel's budget (one per panel, limits and folder), so every
+    client of the panel in the process shares it."""
+    where = "" if folder is None else str(Path(folder).resolve())
+    key = (panel, rate_limit_per_minute, max_concurrency, where)
     with _registry_lock:
-        limiter = _registry.get(key)
-        if limiter is None:
-            limiter = _registry[key] = PanelLimiter(rate_limit_per_minute, max_concurrency)
-        return limiter
+        budget = _registry.get(key)
+        if budget is None:
+            budget = _registry[key] = PanelBudget(
+                panel,
+                rate_limit_per_minute,
+                max_concurrency,
+                None if folder is None else Path(where),
+            )
+        return budget
+
+
+def close_budgets() -> None:
+    """Close every budget's SQLite connection (tests that remove their folders)."""
+    with _registry_lock:
+        for budget in _registry.values():
+            with contextlib.suppress(Exception):
+                budget._conn.close()
+        _registry.clear()

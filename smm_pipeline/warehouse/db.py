@@ -1,14 +1,26 @@
-"""Short-lived DuckDB connections to the warehouse file.
+"""Short-lived DuckDB connections to the warehouse file, shared by concurrent run processes.
 
-DuckDB lets one process write a file at a time and makes everyone else fail at once with
-"Could not set lock on file". Our runs are serialised by the Dagster pool `duckdb`, but a
-notebook or a DuckDB shell may still hold the file for a moment, so opening waits for the lock
-(exponential backoff with jitter) instead of failing a run that would succeed a second later.
+DuckDB lets one process open a file for writing at a time and makes every other process fail
+at once with "Could not set lock on file". Runs are separate processes that may run at once, so
+no run keeps the file open: every read or write is a short connection (claims, outcomes,
+observations), never held across a network wait. Two layers make the hand-over between
+processes prompt and fair:
+
+- the **gate**: before opening the file, a process takes an exclusive `flock` on
+  `<warehouse>.gate` beside it (held while any connection of this process is open, released by
+  the kernel if the process dies). Waiting processes retry every few milliseconds, so the next
+  one opens the file as soon as the last connection of the holder closes, instead of backing
+  off for seconds on DuckDB's lock error;
+- DuckDB's own lock: something outside the pipeline (a DuckDB shell on the live file) may still
+  hold it, so opening retries that error with a short exponential backoff.
+
+Both waits give up after `lock_timeout` seconds with WarehouseLockedError naming the file.
 Every connection speaks UTC so TIMESTAMPTZ values never depend on the host's time zone.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
@@ -26,8 +38,10 @@ from smm_pipeline.warehouse.migrations import apply_migrations
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 30.0
-_FIRST_DELAY = 0.05
-_MAX_DELAY = 2.0
+_FIRST_DELAY = 0.02
+_MAX_DELAY = 0.5
+_GATE_RETRY_SECONDS = (0.001, 0.005)
+GATE_SUFFIX = ".gate"
 
 # Files this process has already brought up to date: later write connections skip the check.
 _migrated: set[str] = set()
@@ -50,6 +64,61 @@ def default_db_path(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     data_dir = Path(env.get("SMM_DATA_DIR") or PROJECT_ROOT / "data")
     return Path(env.get("SMM_DUCKDB_PATH") or data_dir / "warehouse.duckdb")
+
+
+class _Gate:
+    """This process's share of one warehouse file: an exclusive flock on `<file>.gate`, taken
+    by the first open connection of the process and released with the last one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + GATE_SUFFIX)
+        self._lock = threading.Lock()
+        self._users = 0
+        self._fd: int | None = None
+
+    def enter(self, deadline: float, db_path: Path, lock_timeout: float) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._take(deadline, db_path, lock_timeout)
+            self._users += 1
+
+    def _take(self, deadline: float, db_path: Path, lock_timeout: float) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._fd = fd
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise WarehouseLockedError(
+                        f"DuckDB file {db_path} stayed in use by another pipeline process for "
+                        f"more than {lock_timeout:g} s (its gate {self.path} is held): a run "
+                        "holding the warehouse that long is a bug worth reporting; retry"
+                    ) from None
+                time.sleep(random.uniform(*_GATE_RETRY_SECONDS))
+
+    def leave(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+                self._fd = None
+
+
+_gates: dict[str, _Gate] = {}
+_gates_lock = threading.Lock()
+
+
+def _gate(path: Path) -> _Gate:
+    key = str(path.resolve())
+    with _gates_lock:
+        gate = _gates.get(key)
+        if gate is None:
+            gate = _gates[key] = _Gate(Path(key))
+        return gate
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -132,10 +201,17 @@ def connect(
         if not path.exists():
             with _migrate_lock:
                 _migrated.discard(key)
-    conn = open_with_retry(path, read_only=read_only, lock_timeout=lock_timeout)
+    gate = _gate(path)
+    started = time.monotonic()
+    gate.enter(started + lock_timeout, path, lock_timeout)
     try:
-        if not read_only:
-            _ensure_migrated(conn, key)
-        yield conn
+        remaining = max(0.1, lock_timeout - (time.monotonic() - started))
+        conn = open_with_retry(path, read_only=read_only, lock_timeout=remaining)
+        try:
+            if not read_only:
+                _ensure_migrated(conn, key)
+            yield conn
+        finally:
+            conn.close()
     finally:
-        conn.close()
+        gate.leave()

@@ -31,7 +31,7 @@ from typing import Literal
 import duckdb
 import pandas as pd
 
-from smm_pipeline.panel.models import CancelResult, RefillResult, RefillStatus
+from smm_pipeline.panel.models import CancelResult, RefillResult
 from smm_pipeline.panel.statuses import FINISHED_REFILL_STATUSES
 from smm_pipeline.warehouse.processed_files import FileClaim
 from smm_pipeline.warehouse.status import Cadence
@@ -132,37 +132,41 @@ def record_in_flight(
     order_ids: Sequence[int],
     claim: FileClaim,
     requested_at: datetime,
-) -> None:
-    """Durably mark requests as possibly sent, before they leave (see the module docstring)."""
+) -> list[int]:
+    """Durably mark requests as possibly sent, before they leave (see the module docstring),
+    and return the order ids this call claimed: an order this content already requested (or
+    has in flight: another run of the same content may be on it right now) is left out, and
+    must not be sent. One statement, under the warehouse's one-writer lock, so two runs can
+    never both claim an order."""
     if not order_ids:
-        return
+        return []
     requested_at = require_aware(requested_at, "requested_at")
     if table == "refills":
-        conn.execute(
-            """
-            INSERT INTO refills (panel, order_id, requested_at, request_state, error,
-                source_file, file_hash, updated_at)
-            SELECT ?, unnest(CAST(? AS BIGINT[])), ?, 'ambiguous', ?, ?, ?, ?
-            """,
-            [
-                panel,
-                list(order_ids),
-                requested_at,
-                IN_FLIGHT,
-                claim.file_name,
-                claim.file_hash,
-                requested_at,
-            ],  # fmt: skip
+        columns = (
+            "panel, order_id, requested_at, request_state, error, source_file, file_hash, "
+            "updated_at"
         )
+        values = "?, t.id, ?, 'ambiguous', ?, ?, ?, ?"
+        params = [panel, requested_at, IN_FLIGHT, claim.file_name, claim.file_hash, requested_at]
+        done = "r.request_state IN ('submitted', 'ambiguous')"
     else:
-        conn.execute(
-            """
-            INSERT INTO cancels (panel, order_id, requested_at, result, error, source_file,
-                file_hash)
-            SELECT ?, unnest(CAST(? AS BIGINT[])), ?, 'ambiguous', ?, ?, ?
-            """,
-            [panel, list(order_ids), requested_at, IN_FLIGHT, claim.file_name, claim.file_hash],
+        columns = "panel, order_id, requested_at, result, error, source_file, file_hash"
+        values = "?, t.id, ?, 'ambiguous', ?, ?, ?"
+        params = [panel, requested_at, IN_FLIGHT, claim.file_name, claim.file_hash]
+        done = "r.result IN ('accepted', 'ambiguous')"
+    rows = conn.execute(
+        f"""
+        INSERT INTO {table} ({columns})
+        SELECT {values} FROM (SELECT DISTINCT unnest(CAST(? AS BIGINT[])) AS id) t
+        WHERE NOT EXISTS (
+            SELECT 1 FROM {table} r
+            WHERE r.panel = ? AND r.order_id = t.id AND r.file_hash = ? AND {done}
         )
+        RETURNING order_id
+        """,
+        [*params, list(order_ids), panel, claim.file_hash],
+    ).fetchall()
+    return sorted(int(r[0]) for r in rows)
 
 
 def refill_state(result: RefillResult) -> str:
@@ -318,16 +322,17 @@ def _cadence_params(cadence: Cadence) -> dict[str, int]:
 def due_refills(
     conn: duckdb.DuckDBPyConnection, now: datetime, cadence: Cadence, *, poll_all: bool = False
 ) -> pd.DataFrame:
-    """(panel, refill_id) of every open refill due now (every open one with poll_all)."""
+    """(panel, refill_id) of every open refill due now (every open one with poll_all), the
+    longest overdue first."""
     last = "coalesce(updated_at, requested_at)"
     due = "" if poll_all else f"AND {last} + {_interval_sql(last)} <= $now"
-    params: dict[str, object] = {} if poll_all else {
-        "now": require_aware(now, "now"),
+    params: dict[str, object] = {
+        **({} if poll_all else {"now": require_aware(now, "now")}),
         **_cadence_params(cadence),
-    }  # fmt: skip
+    }
     return conn.execute(
         f"SELECT panel, refill_id FROM refills WHERE {_OPEN_REFILLS} {due} "
-        "ORDER BY panel, refill_id",
+        f"ORDER BY {last} + {_interval_sql(last)}, panel, refill_id",
         params,
     ).df()
 
@@ -344,6 +349,19 @@ def open_refills_summary(
     return int(count), next_due
 
 
+def open_refills_summary_by_panel(
+    conn: duckdb.DuckDBPyConnection, cadence: Cadence
+) -> dict[str, tuple[int, datetime | None]]:
+    """Per panel: unfinished refills, and when the next one is due."""
+    last = "coalesce(updated_at, requested_at)"
+    rows = conn.execute(
+        f"SELECT panel, count(*), min({last} + {_interval_sql(last)}) FROM refills "
+        f"WHERE {_OPEN_REFILLS} GROUP BY panel",
+        _cadence_params(cadence),
+    ).fetchall()
+    return {str(p): (int(n), due) for p, n, due in rows}
+
+
 def open_refills_by_panel(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
     rows = conn.execute(
         f"SELECT panel, count(*) FROM refills WHERE {_OPEN_REFILLS} GROUP BY panel"
@@ -351,15 +369,17 @@ def open_refills_by_panel(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return {str(p): int(n) for p, n in rows}
 
 
-def refill_status_frame(panel: str, statuses: Sequence[RefillStatus]) -> pd.DataFrame:
-    """A poll's answers in the shape `apply_refill_statuses` takes."""
+def refill_status_frame_from_rows(rows: Sequence[tuple]) -> pd.DataFrame:
+    """(panel, refill_id, status, raw_status, error) rows in the shape `apply_refill_statuses`
+    takes."""
+    columns = list(zip(*rows, strict=True)) if rows else [(), (), (), (), ()]
     return pd.DataFrame(
         {
-            "panel": pd.array([panel] * len(statuses), dtype="string"),
-            "refill_id": pd.array([int(s.refill_id) for s in statuses], dtype="Int64"),
-            "status": pd.array([s.status for s in statuses], dtype="string"),
-            "raw_status": pd.array([s.raw_status for s in statuses], dtype="string"),
-            "error": pd.array([s.error for s in statuses], dtype="string"),
+            "panel": pd.array(columns[0], dtype="string"),
+            "refill_id": pd.array(columns[1], dtype="Int64"),
+            "status": pd.array(columns[2], dtype="string"),
+            "raw_status": pd.array(columns[3], dtype="string"),
+            "error": pd.array(columns[4], dtype="string"),
         }
     )
 

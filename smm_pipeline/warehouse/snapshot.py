@@ -5,6 +5,12 @@ cannot take. So readers never open the warehouse itself: after each write run th
 copies it into `<stem>.read.duckdb` beside it, and analysts open that copy read-only
 (`connect_readonly()` in Python, `duckdb -readonly data/warehouse.read.duckdb` in the shell).
 
+Publishing copies the whole database while it holds the warehouse, so it is throttled: a run
+publishes only when the replica is older than `pipeline.replica_max_lag_seconds` (default
+120 s), and `replica_sensor` publishes what the last runs wrote once that much time has passed
+(`replica_is_stale`, from the files' modification times: no connection). The replica is thus
+at most about that bound plus the sensor's 30 s behind a changing warehouse.
+
 The copy is built in a temporary file in the same folder and moved over the replica with
 `os.replace`, which is atomic: a reader sees the old or the new copy, never half of one, and
 a reader holding the old copy open keeps reading it (its file stays alive until closed) while
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -76,6 +83,37 @@ def publish_snapshot(db_path: Path | str, *, lock_timeout: float = DEFAULT_LOCK_
         _remove_quietly(temp)
         _remove_quietly(temp.with_name(temp.name + ".wal"))
     return target
+
+
+def replica_age(db_path: Path | str) -> float | None:
+    """Seconds since the replica of `db_path` was published (None: never)."""
+    path = replica_path(db_path)
+    if not path.is_file():
+        return None
+    return max(0.0, time.time() - path.stat().st_mtime)
+
+
+def warehouse_mtime(db_path: Path | str) -> float | None:
+    """When the warehouse file (or its write-ahead log) last changed (None: no file yet)."""
+    path = Path(db_path)
+    times = []
+    for candidate in (path, path.with_name(path.name + ".wal")):
+        with contextlib.suppress(FileNotFoundError):
+            times.append(candidate.stat().st_mtime)
+    return max(times) if times else None
+
+
+def replica_is_stale(db_path: Path | str, max_lag_seconds: float) -> bool:
+    """The warehouse changed after the replica was published, and the replica is at least
+    `max_lag_seconds` old (or missing while the warehouse exists)."""
+    changed = warehouse_mtime(db_path)
+    if changed is None:
+        return False
+    try:
+        published = replica_path(db_path).stat().st_mtime
+    except FileNotFoundError:
+        return True
+    return changed > published and time.time() - published >= max_lag_seconds
 
 
 def connect_readonly(
