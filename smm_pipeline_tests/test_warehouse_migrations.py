@@ -32,6 +32,7 @@ TABLES = {
     "refills",
     "cancels",
     "processed_files",
+    "subscription_orders",
 }
 
 

@@ -112,7 +112,8 @@ def test_a_subscriptions_status_expiry_posts_and_child_orders_are_stored(conn) -
     assert _row(
         conn, 9, "status, subscription_expiry, subscription_posts, subscription_orders, finished_at"
     ) == ("Active", "01/04/2026", 3, "101,102", None)
-    assert open_summary(conn) == (1, NOW + timedelta(minutes=2))
+    # the subscription (due in 2 minutes) and its two child orders, due now
+    assert open_summary(conn) == (3, NOW)
     expired = OrderStatus(
         9, status="Expired", raw_status="Expired", is_subscription=True, expiry="01/04/2026",
         posts=5, orders=(101, 102, 103),
@@ -124,8 +125,10 @@ def test_a_subscriptions_status_expiry_posts_and_child_orders_are_stored(conn) -
         "101,102,103",
         NOW,
     )
-    assert open_summary(conn) == (0, None)
-    assert due_orders(conn, NOW + timedelta(days=1), poll_all=True).empty
+    # the Expired subscription is never polled again; its children are, until they finish
+    due = due_orders(conn, NOW + timedelta(days=1), poll_all=True)
+    assert list(due["order_id"]) == [101, 102, 103]
+    assert open_summary(conn) == (3, NOW)
 
 
 def test_open_summary_counts_only_the_panels_asked_for(conn) -> None:

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 import duckdb
 
-from smm_pipeline.warehouse.schema import INITIAL_SCHEMA, MONEY_COLUMNS, MONEY_TYPE
+from smm_pipeline.warehouse.schema import (
+    INITIAL_SCHEMA,
+    MONEY_COLUMNS,
+    MONEY_TYPE,
+    SUBSCRIPTION_ORDERS,
+)
 from smm_pipeline.warehouse.views import create_views
 
 
@@ -86,6 +91,40 @@ def _exactly_once_v2(conn: duckdb.DuckDBPyConnection) -> None:
     )
     conn.execute("DROP TABLE processed_files")
     conn.execute("ALTER TABLE processed_files_by_kind RENAME TO processed_files")
+    # Its views were built here until 006, whose views need 006's table: built there now.
+
+
+def _subscription_orders(conn: duckdb.DuckDBPyConnection) -> None:
+    """The child orders of subscriptions (schema.SUBSCRIPTION_ORDERS), and the views that
+    count their charges as the subscriptions' spend.
+
+    A file that already polled subscriptions knows their children's ids (the comma-separated
+    orders.subscription_orders of each status answer): they are recorded as due now, so the
+    next poll learns their charges. When they were first seen is not known any more: the
+    subscription's last change (else its submission) stands in for it, which is when its
+    latest child was seen at the latest.
+    """
+    conn.execute(SUBSCRIPTION_ORDERS)
+    conn.execute(
+        """
+        INSERT INTO subscription_orders
+            (panel, order_id, subscription_ref, subscription_order_id, first_seen_at)
+        SELECT panel, child_id, any_value(ref), any_value(order_id),
+               any_value(coalesce(last_change_at, updated_at, submitted_at, now()))
+        FROM (
+            SELECT panel, ref, order_id, last_change_at, updated_at, submitted_at,
+                   TRY_CAST(trim(unnest(string_split(subscription_orders, ','))) AS BIGINT)
+                       AS child_id
+            FROM orders
+            WHERE submit_state = 'submitted' AND order_id IS NOT NULL
+              AND coalesce(subscription_orders, '') <> ''
+        ) c
+        WHERE child_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM orders x
+                          WHERE x.panel = c.panel AND x.order_id = c.child_id)
+        GROUP BY panel, child_id
+        """
+    )
     create_views(conn)
 
 
@@ -98,6 +137,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Views at the stored money type; refunds, deliveries, medians and runway fixed (views.py).
     Migration(4, "analytics_views_v2", _views_built_later),
     Migration(5, "exactly_once_v2", _exactly_once_v2),
+    # Subscriptions' child orders; views: a subscription's spend is its children's charges.
+    Migration(6, "subscription_orders", _subscription_orders),
 )
 
 _LEDGER = """

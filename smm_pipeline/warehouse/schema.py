@@ -1,8 +1,11 @@
-"""The tables of migration 001 (SPEC §5 plus the columns the pipeline needs).
+"""The tables of migration 001 (SPEC §5 plus the columns the pipeline needs), and the tables
+later migrations add (`SUBSCRIPTION_ORDERS`, migration 006).
 
-Money was DECIMAL(18,6) here; migration 003 widens every money column to `MONEY_TYPE`. Every
-timestamp is TIMESTAMPTZ stored in UTC. The CHECK constraints pin the state words the SPEC
-defines, so a typo in a writer fails loudly instead of producing a row no view counts.
+Money was DECIMAL(18,6) here; migration 003 widens every money column of `MONEY_COLUMNS` to
+`MONEY_TYPE` (that list is migration 003's and stays as it is: later tables are created at
+`MONEY_TYPE` directly). Every timestamp is TIMESTAMPTZ stored in UTC. The CHECK constraints pin
+the state words the SPEC defines, so a typo in a writer fails loudly instead of producing a row
+no view counts.
 """
 
 from __future__ import annotations
@@ -140,4 +143,41 @@ CREATE TABLE processed_files (
     outcome VARCHAR,
     rows BIGINT
 );
+"""
+
+# Migration 006: the child orders a subscription places, one per post (old posts too), as its
+# status answer lists them (`orders`: the ids). They are orders like any other at the panel
+# (status, charge, start_count, remains, currency) and are polled with the others; the views
+# count their charges as the subscription's spend (views.py).
+#
+# - (panel, order_id) is the child's own order id at the panel: unique per panel, and never
+#   the id of a CSV row in `orders` (an id that is one is not recorded here);
+# - subscription_ref is the key of the subscription's row, orders(panel, ref);
+#   subscription_order_id that row's order id (the subscription's id at the panel);
+# - first_seen_at: when a poll first saw the id in the subscription's answer (the panel does
+#   not say when it placed the child; this is the day its charge is counted on);
+# - status ... currency, updated_at, finished_at, last_change_at, next_poll_at, poll_error:
+#   as in `orders`; a new child is due at once (next_poll_at = first_seen_at; NULL, due now
+#   too, for those migration 006 found in orders.subscription_orders), a finished one is never
+#   polled again. Its history is in order_status_history under its own order id.
+SUBSCRIPTION_ORDERS = f"""
+CREATE TABLE subscription_orders (
+    panel VARCHAR NOT NULL,
+    order_id BIGINT NOT NULL,
+    subscription_ref VARCHAR NOT NULL,
+    subscription_order_id BIGINT NOT NULL,
+    first_seen_at TIMESTAMPTZ NOT NULL,
+    status VARCHAR,
+    raw_status VARCHAR,
+    charge {MONEY_TYPE},
+    start_count BIGINT,
+    remains BIGINT,
+    currency VARCHAR,
+    updated_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ,
+    last_change_at TIMESTAMPTZ,
+    next_poll_at TIMESTAMPTZ,
+    poll_error VARCHAR,
+    PRIMARY KEY (panel, order_id)
+)
 """

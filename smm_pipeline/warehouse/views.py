@@ -20,7 +20,15 @@ start and finish) that the reporting views share, so each rule lives in one plac
 - spend: the panel's charge when known; 0 for pending, failed and abandoned rows; 0 for a
   Canceled/Refunded order whose panel reported no charge (it was refunded); otherwise the
   estimated cost for a sent order whose charge the panel has not reported yet (marked by
-  `spend_is_estimate`, summed separately as `estimated_charge`).
+  `spend_is_estimate`, summed separately as `estimated_charge`). Once a charge is known the
+  row's estimate counts nowhere any more: its estimated_charge is 0.
+- subscriptions: the panel charges a subscription nothing itself; it charges each child order
+  the subscription places for a post (table `subscription_orders`). A subscription's spend is
+  the sum of its children's charges as soon as one child's charge is known (a child refunded
+  without a charge counts 0; a child not polled yet counts nothing until it is), marked by
+  `spend_from_children`; before that, its estimate as for any order (`spend_is_estimate`).
+  `child_orders` is the number of children recorded. The warehouse also keeps that sum as the
+  row's `orders.charge` (status.py); the views read the children themselves.
 - currency: the order's own, else the panel's latest balance currency.
 - finished: a status of `FINISHED_STATUSES` (Completed, Partial, Canceled, Refunded, and
   Expired for subscriptions); "canceled" counts Refunded too. An Expired subscription ran its
@@ -28,14 +36,27 @@ start and finish) that the reporting views share, so each rule lives in one plac
 - started: the first status observed In progress, Processing, Completed or Partial.
 - delivered: quantity − remains for finished orders (a Completed order without remains
   delivered everything, another without remains delivered nothing), never below 0; NULL when
-  the order has no quantity (Package, Subscriptions), so cost per 1000 delivered counts only
-  the charge of orders with a delivered quantity.
+  the order has no quantity (Package) and for Subscriptions (their row's quantity is the
+  per-post `max`, and the children's status gives no quantity), so cost per 1000 delivered
+  counts only the charge of orders with a delivered quantity.
 - minutes to finish: only Completed and Partial orders (a cancel says nothing of speed, and a
   subscription runs for its duration by design).
 
-balance_runway divides the last 7 days' spend by the days of order history they cover (days
-since the panel's first order, a started day counting as one: 1 to 7), so a panel used since
-yesterday is not shown a week of runway it has not earned. price_changes reads rates with
+`spend_facts` holds every amount of money once, with the moment it counts at: each order row
+that reached the panel at its `placed_at` (submitted_at, else created_at) with its spend,
+except that a subscription whose spend comes from its children has 0 there and each charged
+child is a row of its own at its `first_seen_at` (when a poll first saw the panel list it:
+the panel does not say when it placed it; at most one subscription poll interval after).
+So spend_daily puts a subscription's money on the days its posts were ordered and charged,
+not all on the day it was submitted (a month-long subscription spends over the month), and a
+day's total does not change later except by the charges of that day's orders. spend_daily's
+`orders` counts the order rows placed that day (a subscription once, on its day) and
+`subscription_orders` the child orders charged that day.
+
+balance_runway divides the last 7 days' spend (spend_facts: a subscription's children by the
+time they were seen) by the days of order history they cover (days since the panel's first
+order, a started day counting as one: 1 to 7), so a panel used since yesterday is not shown a
+week of runway it has not earned. price_changes reads rates with
 TRY_CAST: a change value that is not a number gives NULL rates on its row instead of an error.
 """
 
@@ -46,11 +67,14 @@ import duckdb
 from smm_pipeline.panel.statuses import FINISHED_REFILL_STATUSES, FINISHED_STATUSES
 from smm_pipeline.warehouse.schema import MONEY_TYPE
 
+SUBSCRIPTION_TYPE = "Subscriptions"
+
 RUNWAY_DAYS = 7  # balance_runway's spend window
 FINISHED_REFILLS = tuple(sorted(FINISHED_REFILL_STATUSES))
 
 VIEW_NAMES = (
     "order_facts",
+    "spend_facts",
     "spend_daily",
     "delivery_by_service",
     "provider_scorecard",
@@ -95,12 +119,22 @@ first_start AS (
     WHERE status IN ('In progress', 'Processing', 'Completed', 'Partial')
     GROUP BY panel, order_id
 ),
+children AS (
+    SELECT
+        panel,
+        subscription_ref,
+        count(*) AS child_orders,
+        sum(CASE WHEN charge IS NOT NULL THEN charge
+                 WHEN status IN ('Canceled', 'Refunded') THEN 0 END) AS child_charge
+    FROM subscription_orders
+    GROUP BY panel, subscription_ref
+),
 base AS (
     SELECT
         o.*,
         s.name AS service_name,
         s.category,
-        s.type AS catalog_type,
+        COALESCE(o.service_type, s.type) AS effective_type,
         COALESCE(o.currency, pc.currency) AS effective_currency,
         COALESCE(o.submitted_at, o.created_at) AS placed_at,
         o.submit_state IN ('sending', 'submitted', 'ambiguous')
@@ -108,11 +142,15 @@ base AS (
         COALESCE(o.status IN {FINISHED_STATUSES}, false) AS finished,
         COALESCE(o.status IN ('Canceled', 'Refunded'), false) AS refunded,
         COALESCE(o.status IN ('Completed', 'Partial'), false) AS delivered,
-        fs.started_at
+        fs.started_at,
+        COALESCE(ch.child_orders, 0) AS child_orders,
+        ch.child_charge IS NOT NULL AS spend_from_children,
+        COALESCE(ch.child_charge, o.charge) AS known_charge
     FROM orders AS o
     LEFT JOIN services AS s ON s.panel = o.panel AND s.service_id = o.service_id
     LEFT JOIN panel_currency AS pc ON pc.panel = o.panel
     LEFT JOIN first_start AS fs ON fs.panel = o.panel AND fs.order_id = o.order_id
+    LEFT JOIN children AS ch ON ch.panel = o.panel AND ch.subscription_ref = o.ref
 )
 SELECT
     panel,
@@ -122,7 +160,7 @@ SELECT
     service_id,
     service_name,
     category,
-    COALESCE(service_type, catalog_type) AS service_type,
+    effective_type AS service_type,
     submit_state,
     reached_panel,
     status,
@@ -137,18 +175,60 @@ SELECT
     finished,
     CAST(CASE
         WHEN NOT reached_panel THEN 0
-        WHEN charge IS NOT NULL THEN charge
+        WHEN known_charge IS NOT NULL THEN known_charge
         WHEN refunded THEN 0
         ELSE COALESCE(estimated_cost, 0)
     END AS {MONEY_TYPE}) AS spend,
-    reached_panel AND charge IS NULL AND NOT refunded AS spend_is_estimate,
-    CASE WHEN finished AND quantity IS NOT NULL THEN greatest(
+    reached_panel AND known_charge IS NULL AND NOT refunded AS spend_is_estimate,
+    reached_panel AND spend_from_children AS spend_from_children,
+    child_orders,
+    CASE WHEN finished AND quantity IS NOT NULL
+              AND effective_type IS DISTINCT FROM '{SUBSCRIPTION_TYPE}' THEN greatest(
         quantity - COALESCE(remains, CASE WHEN status = 'Completed' THEN 0 ELSE quantity END),
         0)
     END AS delivered_quantity,
     epoch(started_at - submitted_at) / 60.0 AS minutes_to_start,
     CASE WHEN delivered THEN epoch(finished_at - submitted_at) / 60.0 END AS minutes_to_finish
 FROM base
+"""
+
+# One row per amount of money, at the moment it counts (see the module docstring).
+SPEND_FACTS = f"""
+CREATE OR REPLACE VIEW spend_facts AS
+SELECT
+    panel,
+    ref,
+    order_id,
+    false AS is_subscription_order,
+    campaign,
+    service_id,
+    service_name,
+    category,
+    currency,
+    placed_at AS spent_at,
+    day,
+    CAST(CASE WHEN spend_from_children THEN 0 ELSE spend END AS {MONEY_TYPE}) AS spend,
+    spend_is_estimate
+FROM order_facts
+WHERE reached_panel
+UNION ALL
+SELECT
+    c.panel,
+    f.ref,
+    c.order_id,
+    true AS is_subscription_order,
+    f.campaign,
+    f.service_id,
+    f.service_name,
+    f.category,
+    COALESCE(c.currency, f.currency) AS currency,
+    c.first_seen_at AS spent_at,
+    CAST(timezone('UTC', c.first_seen_at) AS DATE) AS day,
+    CAST(COALESCE(c.charge, 0) AS {MONEY_TYPE}) AS spend,
+    false AS spend_is_estimate
+FROM subscription_orders AS c
+JOIN order_facts AS f ON f.panel = c.panel AND f.ref = c.subscription_ref
+WHERE f.reached_panel AND (c.charge IS NOT NULL OR c.status IN ('Canceled', 'Refunded'))
 """
 
 SPEND_DAILY = """
@@ -161,15 +241,15 @@ SELECT
     service_id,
     service_name,
     campaign,
-    count(*) AS orders,
+    count(*) FILTER (WHERE NOT is_subscription_order) AS orders,
+    count(*) FILTER (WHERE is_subscription_order) AS subscription_orders,
     sum(spend) AS charge,
     sum(CASE WHEN spend_is_estimate THEN spend ELSE 0 END) AS estimated_charge
-FROM order_facts
-WHERE reached_panel
+FROM spend_facts
 GROUP BY day, panel, currency, category, service_id, service_name, campaign
 """
 
-DELIVERY_BY_SERVICE = """
+DELIVERY_BY_SERVICE = f"""
 CREATE OR REPLACE VIEW delivery_by_service AS
 WITH per_service AS (
     SELECT
@@ -184,7 +264,8 @@ WITH per_service AS (
         count(*) FILTER (WHERE status IN ('Canceled', 'Refunded')) AS canceled,
         count(*) FILTER (WHERE status = 'Expired') AS expired,
         count(*) FILTER (WHERE finished) AS finished,
-        count(quantity) AS with_quantity,
+        count(quantity) FILTER (WHERE service_type IS DISTINCT FROM '{SUBSCRIPTION_TYPE}')
+            AS with_quantity,
         sum(delivered_quantity) AS delivered_quantity,
         median(minutes_to_start) AS median_minutes_to_start,
         median(minutes_to_finish) AS median_minutes_to_finish,
@@ -323,8 +404,8 @@ history AS (
 ),
 recent_spend AS (
     SELECT panel, currency, sum(spend) AS spend_7d
-    FROM order_facts
-    WHERE reached_panel AND placed_at >= now() - INTERVAL {RUNWAY_DAYS} DAY
+    FROM spend_facts
+    WHERE spent_at >= now() - INTERVAL {RUNWAY_DAYS} DAY
     GROUP BY panel, currency
 )
 SELECT
@@ -349,6 +430,7 @@ _STATEMENTS = (
     MONEY_UNITS,
     MONEY_DIV,
     ORDER_FACTS,
+    SPEND_FACTS,
     SPEND_DAILY,
     DELIVERY_BY_SERVICE,
     PROVIDER_SCORECARD,
