@@ -6,6 +6,11 @@ and compared case-insensitively. Blank records (an empty line, or a record whose
 empty, as spreadsheets export them) are skipped but still counted, so row numbers match the
 records a user sees. A record with extra cells is ragged unless the extra cells are empty.
 Everything works on bytes already read: this module never opens a file.
+
+Records are parsed by the csv module's C reader in batches and streamed: the file's bytes are
+decoded piece by piece as the reader goes (never copied whole into a text buffer, which
+`io.StringIO` would hold at 4 bytes per character), and no record outlives its batch unless
+the caller keeps it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import difflib
 import hashlib
 import io
 from collections.abc import Collection, Iterator
+from itertools import islice
+from operator import itemgetter
 
 from smm_pipeline.intake.row_errors import RowError
 
@@ -25,6 +32,8 @@ __all__ = ["CsvTable", "decode_csv", "file_hash", "read_csv_table"]
 _CELL_LIMIT = 16 * 1024 * 1024
 if csv.field_size_limit() < _CELL_LIMIT:
     csv.field_size_limit(_CELL_LIMIT)
+
+BATCH_ROWS = 1024  # records read from the C reader at a time
 
 
 def file_hash(content: bytes) -> str:
@@ -36,9 +45,10 @@ class CsvTable:
     """The normalised header, and the file's records as a one-shot stream.
 
     `records` yields (row number, cells) for every well-formed, non-blank record, each with
-    exactly `len(columns)` cells. Records are streamed, not kept: a 100,000-row file never sits
-    in memory twice. Problems met on the way (ragged records, a CSV syntax error, no data rows
-    at all) are appended to `errors`, the list `read_csv_table` returned.
+    exactly `len(columns)` cells; `batches` yields the same records a batch at a time. Records
+    are streamed, not kept: a 100,000-row file never sits in memory twice. Problems met on the
+    way (ragged records, a CSV syntax error, no data rows at all) are appended to `errors`, the
+    list `read_csv_table` returned, at the point of the stream where they are met.
     """
 
     __slots__ = ("_reader", "columns", "errors")
@@ -56,46 +66,102 @@ class CsvTable:
         except ValueError:
             return None
 
-    @property
-    def records(self) -> Iterator[tuple[int, list[str]]]:
-        """The one-shot stream of (row number, cells); reading it a second time is an error."""
+    def _take_reader(self) -> Iterator[list[str]]:
         reader, self._reader = self._reader, None
         if reader is None:
             raise RuntimeError("the records of a CsvTable can be read only once")
-        return _records(reader, len(self.columns), self.errors)
+        return reader
+
+    @property
+    def records(self) -> Iterator[tuple[int, list[str]]]:
+        """The one-shot stream of (row number, cells); reading it a second time is an error."""
+        return _records(self.batches(), self.errors)
+
+    def batches(self, size: int | None = None) -> Iterator[tuple[int, list, bool]]:
+        """The one-shot stream of records in batches of up to `size` (default BATCH_ROWS):
+        (row number of the first entry, entries, regular). Each entry is one record: its cells
+        (a list of exactly `len(columns)` strings), None for a blank record (skipped, still
+        counted) or the RowError of a ragged record, which the caller reports when it reaches
+        it (so errors stay in row order). `regular` says every entry is a list of cells."""
+        return _batches(self._take_reader(), len(self.columns), self.errors, size or BATCH_ROWS)
+
+    def distinct(self, index: int) -> set[str]:
+        """The distinct cells (untrimmed) of column `index` over the records `records`
+        yields; reads the one-shot stream (ragged records are reported to `errors`)."""
+        values: set[str] = set()
+        cell = itemgetter(index)
+        for _, entries, regular in self.batches():
+            if regular:
+                values.update(map(cell, entries))
+            else:
+                values.update(cells[index] for cells in entries if cells.__class__ is list)
+        return values
 
 
 def _records(
-    reader: Iterator[list[str]], width: int, errors: list[RowError]
+    batches: Iterator[tuple[int, list, bool]], errors: list[RowError]
 ) -> Iterator[tuple[int, list[str]]]:
-    row_number = 0
+    for first, entries, regular in batches:
+        if regular:
+            yield from enumerate(entries, first)
+            continue
+        for row_number, cells in enumerate(entries, first):
+            if cells.__class__ is list:
+                yield row_number, cells
+            elif cells is not None:
+                errors.append(cells)
+
+
+def _batches(
+    reader: Iterator[list[str]], width: int, errors: list[RowError], size: int
+) -> Iterator[tuple[int, list, bool]]:
+    row_number = 0  # records consumed so far
     found = False
-    try:
-        for cells in reader:
-            row_number += 1
-            if len(cells) != width:
-                if not any(cells):
-                    continue
-                if len(cells) < width or any(cells[width:]):
-                    errors.append(
-                        RowError(
-                            row_number,
-                            "row",
-                            f"this row has {len(cells)} cells but the header has {width} "
-                            "columns; quote cells that contain commas or line breaks",
-                        )
-                    )
+    while True:
+        batch: list[list[str]] = []
+        failure: csv.Error | None = None
+        try:
+            batch.extend(islice(reader, size))  # keeps the records read before an error
+        except csv.Error as exc:
+            failure = exc
+        if batch:
+            widths = set(map(len, batch))
+            if len(widths) == 1 and width in widths and all(map(any, batch)):
+                found = True
+                yield row_number + 1, batch, True
+            else:
+                entries: list[list[str] | RowError | None] = []
+                for offset, cells in enumerate(batch, row_number + 1):
+                    if len(cells) != width:
+                        if not any(cells):
+                            entries.append(None)
+                            continue
+                        if len(cells) < width or any(cells[width:]):
+                            entries.append(
+                                RowError(
+                                    offset,
+                                    "row",
+                                    f"this row has {len(cells)} cells but the header has "
+                                    f"{width} columns; quote cells that contain commas or line "
+                                    "breaks",
+                                )
+                            )
+                            found = True
+                            continue
+                        del cells[width:]
+                    elif not any(cells):
+                        entries.append(None)
+                        continue
                     found = True
-                    continue
-                del cells[width:]
-            elif not any(cells):
-                continue
-            found = True
-            yield row_number, cells
-    except csv.Error as exc:
-        line = getattr(reader, "line_num", 0)
-        errors.append(_syntax_error(row_number + 1, line, exc))
-        return
+                    entries.append(cells)
+                yield row_number + 1, entries, False
+            row_number += len(batch)
+        if failure is not None:
+            line = getattr(reader, "line_num", 0)
+            errors.append(_syntax_error(row_number + 1, line, failure))
+            return
+        if len(batch) < size:
+            break
     if not found:
         errors.append(RowError(0, "file", "the file has a header row but no data rows"))
 
@@ -160,7 +226,9 @@ def read_csv_table(
     text, errors = decode_csv(content)
     if text is None:
         return None, errors
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    del text  # checked; the reader decodes the bytes again as it goes (utf-8-sig: no BOM)
+    lines = io.TextIOWrapper(io.BytesIO(content), encoding="utf-8-sig", newline="")
+    reader = csv.reader(lines, strict=True)
     try:
         header = next(reader)
     except csv.Error as exc:

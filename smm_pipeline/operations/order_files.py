@@ -17,23 +17,25 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 
 from smm_pipeline.config import Settings
-from smm_pipeline.intake.budget import batch_errors, panel_totals
+from smm_pipeline.intake.budget import batch_errors
 from smm_pipeline.intake.csv_files import file_hash as content_hash
 from smm_pipeline.intake.csv_files import read_csv_table
 from smm_pipeline.intake.orders import (
     ORDER_COLUMNS,
     CatalogEntry,
     ValidatedOrder,
+    ValidatedRows,
     validate_order_file,
 )
 from smm_pipeline.intake.reports import (
@@ -58,6 +60,7 @@ from smm_pipeline.warehouse.catalog import catalog_age, load_catalog
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.orders import (
     RESUBMITTABLE_STATES,
+    ExistingRef,
     FileRow,
     existing_refs,
     file_rows,
@@ -104,12 +107,14 @@ class PreparedOrderFile:
 
 def _panels_in_file(content: bytes, settings: Settings) -> list[str]:
     """The enabled panels a file names (all of them when it has no usable panel column)."""
-    table, _ = read_csv_table(content, known_columns=ORDER_COLUMNS)
     enabled = set(settings.panel_names)
+    if len(enabled) == 1:  # whatever the file says, the answer is that panel
+        return sorted(enabled)
+    table, _ = read_csv_table(content, known_columns=ORDER_COLUMNS)
     at = table.index("panel") if table is not None else None
     if table is None or at is None:
         return sorted(enabled)
-    named = {cells[at].strip().lower() for _, cells in table.records} & enabled
+    named = {cell.strip().lower() for cell in table.distinct(at)} & enabled
     return sorted(named) or sorted(enabled)
 
 
@@ -160,6 +165,39 @@ def _outbox_frame(rows: list[ValidatedOrder], file_name: str, file_hash: str) ->
             "estimated_cost": [r.estimated_cost for r in rows],
         }
     )
+
+
+# Keys looked up in the warehouse, and outbox rows recorded, this many at a time: a 100,000-row
+# file never has all its keys or rows as Python objects at once.
+_CHUNK_ROWS = 20_000
+
+
+def _existing_refs(
+    conn: duckdb.DuckDBPyConnection, rows: ValidatedRows
+) -> dict[tuple[str, str], ExistingRef]:
+    """The rows already recorded under the (panel, ref) keys of `rows`."""
+    found: dict[tuple[str, str], ExistingRef] = {}
+    keys = rows.keys()
+    while chunk := list(islice(keys, _CHUNK_ROWS)):
+        found.update(existing_refs(conn, chunk))
+    return found
+
+
+def _outbox_frames(
+    rows: ValidatedRows, skip: list[int], file_name: str, file_hash: str
+) -> Iterator[pd.DataFrame]:
+    """The outbox frames of `rows` but those at the indices in `skip`, in file order."""
+    skipping = set(skip)
+    chunk: list[ValidatedOrder] = []
+    for index, row in enumerate(rows):
+        if index in skipping:
+            continue
+        chunk.append(row)
+        if len(chunk) == _CHUNK_ROWS:
+            yield _outbox_frame(chunk, file_name, file_hash)
+            chunk = []
+    if chunk:
+        yield _outbox_frame(chunk, file_name, file_hash)
 
 
 def _redrop(file_name: str, file_hash: str, recorded: list[FileRow], original: str,
@@ -330,52 +368,57 @@ def prepare_order_file(
     if errors:
         raise _reject(settings, db_path, source, file_hash, errors)
 
+    rows = result.rows
     with connect(db_path) as conn:
-        existing = existing_refs(conn, [(r.panel, r.ref) for r in result.rows])
-        to_send: list[ValidatedOrder] = []
+        existing = _existing_refs(conn, rows)
+        skip: list[int] = []  # rows whose ref was handled by an earlier file
         skipped: list[SkippedRow] = []
-        for row in result.rows:
-            before = existing.get((row.panel, row.ref))
-            if before is None or before.submit_state in RESUBMITTABLE_STATES:
-                to_send.append(row)
-            else:
-                skipped.append(
-                    SkippedRow(
-                        row.row_number, row.ref, row.panel, row.service_id, before.order_id,
-                        row.estimated_cost,
-                        f"ref already {before.submit_state} from {before.source_file}; "
-                        "not sent again",
-                    )
-                )  # fmt: skip
+        if existing:
+            for index, key in enumerate(rows.keys()):
+                before = existing.get(key)
+                if before is not None and before.submit_state not in RESUBMITTABLE_STATES:
+                    row = rows[index]
+                    skip.append(index)
+                    skipped.append(
+                        SkippedRow(
+                            row.row_number, row.ref, row.panel, row.service_id, before.order_id,
+                            row.estimated_cost,
+                            f"ref already {before.submit_state} from {before.source_file}; "
+                            "not sent again",
+                        )
+                    )  # fmt: skip
         budget = batch_errors(
-            panel_totals((r.panel, r.estimated_cost) for r in to_send),
+            rows.panel_totals(skip),
             settings,
             {p: b for p, (b, _) in balances.items()},
             reserved_spend(conn, file_hash),
         ) + _currency_errors(conn, balances)
         if not budget:
             conn.begin()  # the outbox rows and the file's `accepted` outcome, or neither
-            record_pending(conn, _outbox_frame(to_send, file_name, file_hash), datetime.now(UTC))
+            created_at = datetime.now(UTC)
+            for frame in _outbox_frames(rows, skip, file_name, file_hash):
+                record_pending(conn, frame, created_at)
             record_file(
                 conn, file_hash=file_hash, kind="orders", file_name=file_name,
-                outcome="accepted", rows=len(result.rows), seen_at=datetime.now(UTC),
+                outcome="accepted", rows=len(rows), seen_at=datetime.now(UTC),
             )  # fmt: skip
             conn.commit()
     if budget:
         raise _reject(settings, db_path, source, file_hash, budget)
-    spend = sum((r.estimated_cost for r in to_send), Decimal(0))
-    warnings = [f"row {r.row_number}: {w}" for r in result.rows for w in r.warnings]
+    to_submit = len(rows) - len(skip)
+    spend = rows.total_cost(skip)
+    warnings = [f"row {r.row_number}: {w}" for r in rows.general_rows() for w in r.warnings]
     for w in warnings[:20]:
         log(f"warning: {w}")
     log(
-        f"{file_name}: {len(result.rows)} rows valid, {len(to_send)} to submit, "
+        f"{file_name}: {len(rows)} rows valid, {to_submit} to submit, "
         f"{len(skipped)} already handled, estimated spend {spend}"
     )
     return PreparedOrderFile(
         file_name=file_name,
         file_hash=file_hash,
-        rows=len(result.rows),
-        to_submit=len(to_send),
+        rows=len(rows),
+        to_submit=to_submit,
         panels=panels,
         estimated_spend=spend,
         balances_before=balances,
