@@ -114,6 +114,8 @@ def panels_yaml(urls: Mapping[str, str], panels: Iterable[DemoPanel]) -> str:
             "catalog_max_age_minutes": 60,
             "poll_min_interval_minutes": 0.0001,
             "poll_max_interval_minutes": 0.0005,
+            # A one-minute demo: the replica follows every run (the default bound is 120 s).
+            "replica_max_lag_seconds": 0,
         },
     }
     return yaml.safe_dump(document, sort_keys=False)

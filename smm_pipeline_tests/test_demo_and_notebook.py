@@ -72,7 +72,7 @@ def test_demo_went_through_the_sensors_and_jobs_and_kept_its_directory(demo):
         "46 submitted" in output  # fmt: skip
     assert "cancel_csv_sensor → cancel_orders: 4 accepted" in output
     assert "refill_csv_sensor → request_refills:" in output
-    assert "order_status_sensor → 1 poll run(s)" in output
+    assert "order_status_sensor → 2 poll run(s)" in output  # one per panel
     assert "check_orders: ambiguous_submissions passed" in output
     processed = sorted(p.name for p in (directory / "processed").iterdir())
     assert processed == sorted(

@@ -97,7 +97,12 @@ def poll_due_orders(
     only = polled_panels(context, settings)
     with panels.clients(settings, only, priority=Priority.POLL) as clients:
         report = poll_orders(
-            warehouse.db_path, clients, cadence, poll_all=poll_all, progress=context.log.info
+            warehouse.db_path,
+            clients,
+            cadence,
+            poll_all=poll_all,
+            enabled=settings.panel_names,
+            progress=context.log.info,
         )
     context.log.info(
         f"{', '.join(only)}: polled {report.polled} of {report.open_before} open orders in "

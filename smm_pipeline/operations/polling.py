@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -278,12 +278,15 @@ def poll_orders(
     cadence: Cadence,
     *,
     poll_all: bool = False,
+    enabled: Collection[str] | None = None,
     progress: Callable[[str], None] = print,
 ) -> PollReport:
     """Poll the due unfinished orders of the panels in `clients` (every unfinished one with
-    `poll_all`); see the module docstring."""
+    `poll_all`); see the module docstring. `enabled` are all the enabled panels (default: the
+    polled ones): open orders of other panels are reported as not polled."""
     report = PollReport()
     now = datetime.now(UTC)
+    enabled = set(clients if enabled is None else enabled)
     with connect(db_path) as conn:
         due = due_orders(conn, now, poll_all=poll_all)
         report.open_before, _ = open_summary(conn, clients)
@@ -293,7 +296,7 @@ def poll_orders(
     report.fixed_interval_calls = sum(
         math.ceil(n / clients[p].max_ids_per_call) for p, n in open_counts.items() if p in clients
     )
-    report.disabled_open = {p: n for p, n in sorted(open_counts.items()) if p not in clients}
+    report.disabled_open = {p: n for p, n in sorted(open_counts.items()) if p not in enabled}
     if report.disabled_open:
         progress(
             "not polling open orders of panels that are not enabled (not counted as open): "

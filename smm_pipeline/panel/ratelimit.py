@@ -8,12 +8,13 @@ separate processes, so both limits live outside any one process, in a budget fol
   per panel, serialised across processes by a `filelock` lock file). Two rates hold at once: the
   minute's budget, and a spacing of 60/rate seconds between requests, so the budget is never
   spent in one burst at the start of a minute.
-- **Priority**: submissions (and everything else that is not a poll) may fill the whole minute;
-  status polls count against the same log but stop at `POLL_SHARE` of it, so the rest of each
-  minute is always free for a submission, and a submission running flat out leaves polls
-  nothing. A poll also waits at most a bounded time for its share (`wait`): when the budget is
-  spent it gives up with `BudgetExhausted` (nothing was sent), and the poll defers the rest of
-  its orders to the next run instead of queueing behind the submission.
+- **Priority**: a submission waiting for the budget holds a shared `flock` on
+  `<panel>.submitting`; a poll takes a request only while no submission waits (it checks that
+  lock), so a submission running at the rate limit leaves polls nothing and polls spend only
+  what submissions leave. Polls also stop at `POLL_SHARE` of each minute, so a submission that
+  starts always finds room at once. A poll waits at most a bounded time (`wait`): then it
+  gives up with `BudgetExhausted` (nothing was sent), and the poll defers the rest of its
+  orders to the next run instead of queueing behind the submission.
 - **Concurrency**: `max_concurrency` slot files per panel, each held with `flock` while a
   request is in flight (released by the kernel if the process dies).
 - **Back-off**: a 429's Retry-After holds every process's requests to that panel, through a
@@ -110,6 +111,47 @@ class _Slots:
         self._local[i].release()
 
 
+class _Intent:
+    """Who is waiting to submit: a shared flock on one file per panel (or, within one
+    process, a counter), held by each submitter while it waits for the budget."""
+
+    def __init__(self, folder: Path | None, panel: str) -> None:
+        self._path = None if folder is None else folder / f"{panel}.submitting"
+        self._lock = threading.Lock()
+        self._waiting = 0
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        if self._path is None:
+            with self._lock:
+                self._waiting += 1
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+            return
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def anyone_waiting(self) -> bool:
+        if self._path is None:
+            with self._lock:
+                return self._waiting > 0
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+
 class PanelBudget:
     """The request budget and concurrency cap of one panel (see the module docstring)."""
 
@@ -148,6 +190,8 @@ class PanelBudget:
             )
             conn.commit()
         self._conn, self._lock = conn, lock
+        self._intent = _Intent(folder, panel)
+        self._poll_pause = min(0.05, max(0.001, 60.0 / max(1, rate_limit_per_minute) / 4))
         poll_rates = _rates(poll_limit(rate_limit_per_minute))
         poll = SQLiteBucket(poll_rates, conn, table, lock=lock)
         # buffer_ms: pyrate sleeps this much beyond the computed wait; 1 ms keeps the spacing.
@@ -229,12 +273,23 @@ class PanelBudget:
                 raise BudgetExhausted(self.panel, wait or 0.0)
             time.sleep(pause)
         limiter = self._limiters[priority]
-        if deadline is None:
-            limiter.try_acquire(self.panel)
+        if priority is Priority.POLL:
+            # Only while no submission waits; never blocking inside pyrate (which would not
+            # see a submission arrive).
+            while self._intent.anyone_waiting() or not limiter.try_acquire(
+                self.panel, blocking=False
+            ):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise BudgetExhausted(self.panel, wait or 0.0)
+                time.sleep(random.uniform(0.5, 1.0) * self._poll_pause)
             return
-        remaining = max(0.0, deadline - time.monotonic())
-        if not limiter.try_acquire(self.panel, timeout=remaining):
-            raise BudgetExhausted(self.panel, wait or 0.0)
+        with self._intent.waiting():
+            if deadline is None:
+                limiter.try_acquire(self.panel)
+                return
+            remaining = max(0.0, deadline - time.monotonic())
+            if not limiter.try_acquire(self.panel, timeout=remaining):
+                raise BudgetExhausted(self.panel, wait or 0.0)
 
     def spent_last_minute(self) -> int:
         """Requests started in the last 60 s, by every process sharing this budget."""

@@ -1,7 +1,7 @@
 """What clients did to the simulated panel, for tests and benchmarks to assert on.
 
 Counts calls per action (every call received), ids per call, errors answered, faults fired,
-the peak of concurrent API requests and the busiest 60-second window: the numbers that prove
+the peak of concurrent API requests and the busiest 60-second and 1-second windows: the numbers that prove
 a client batches, stays within its concurrency cap and its request budget, and never submits
 twice.
 """
@@ -28,7 +28,9 @@ class Stats:
         self.in_flight = 0
         self.max_in_flight = 0
         self.max_calls_per_minute = 0
+        self.max_calls_per_second = 0
         self._window: deque[float] = deque()
+        self._second: deque[float] = deque()
 
     def request_started(self) -> None:
         self.api_requests += 1
@@ -48,6 +50,10 @@ class Stats:
         while self._window and self._window[0] <= now - 60:
             self._window.popleft()
         self.max_calls_per_minute = max(self.max_calls_per_minute, len(self._window))
+        self._second.append(now)
+        while self._second and self._second[0] <= now - 1:
+            self._second.popleft()
+        self.max_calls_per_second = max(self.max_calls_per_second, len(self._second))
 
     def processed(self, error: str | None, created: bool) -> None:
         """The panel carried out a call: it answered `error`, or placed an order."""
@@ -70,4 +76,5 @@ class Stats:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "max_calls_per_minute": self.max_calls_per_minute,
+            "max_calls_per_second": self.max_calls_per_second,
         }

@@ -1,0 +1,313 @@
+"""Runs side by side: a long rate-limited submission on one panel never holds up another
+panel's polls, syncs or submissions; every process shares each panel's request budget; polls
+take only what submissions leave, and never pile up behind each other."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from smm_pipeline.config import PanelConfig, Secret
+from smm_pipeline.defs.polling import PANEL_TAG, POLL_ALL_TAG, due_metadata
+from smm_pipeline.operations.polling import poll_orders
+from smm_pipeline.panel.client import PanelClient
+from smm_pipeline.panel.errors import BudgetExhausted
+from smm_pipeline.panel.ratelimit import PanelBudget, Priority
+from smm_pipeline.simulator.testing import running_simulator
+from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.refills import record_in_flight
+from smm_pipeline.warehouse.status import Cadence
+from smm_pipeline_tests.conftest import KEY_ENV, TEST_KEY, make_pipeline, panel_yaml
+from smm_pipeline_tests.dagster_helpers import look_twice, settle, tick
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_BUDGET_WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from smm_pipeline.config import PanelConfig, Secret
+    from smm_pipeline.panel.client import PanelClient
+
+    url, folder, n, key = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    config = PanelConfig(name="shared", url=url, key_env="K", rate_limit_per_minute=600,
+                         max_concurrency=2, timeout_seconds=10)
+    client = PanelClient(config, Secret(key), budget_dir=folder)
+    print("ready", flush=True)
+    sys.stdin.readline()  # both start together
+    results = [r for _, r in client.map_concurrent(lambda _: client.balance(), range(n))]
+    assert all(not isinstance(r, BaseException) for r in results), results
+    """
+)
+
+
+def test_two_processes_share_one_panels_budget_as_counted_at_the_panel(tmp_path: Path) -> None:
+    """600 a minute is one request every 100 ms and two at once: two processes together
+    stay within both, not twice them."""
+    with running_simulator(keys=(TEST_KEY,), latency_ms=250) as sim:
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", _BUDGET_WORKER, sim.url, str(tmp_path), "15", TEST_KEY],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+            for _ in range(2)
+        ]
+        for w in workers:
+            assert w.stdout.readline().strip() == "ready"
+        sim.reset_stats()
+        for w in workers:
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        for w in workers:
+            assert w.wait(60) == 0
+        stats = sim.stats()
+    assert stats["calls"]["balance"] == 30
+    assert stats["max_in_flight"] <= 2  # the shared concurrency cap (each process alone: 2)
+    # One every 100 ms: at most 10 (11 across a window's edge) in any second; unshared, the
+    # two processes would send about 2 × 8 a second here.
+    assert stats["max_calls_per_second"] <= 11
+
+
+def test_polls_wait_while_a_submission_waits_and_take_what_it_leaves(tmp_path: Path) -> None:
+    budget = PanelBudget("p", 120, 4, tmp_path)  # one request every 500 ms
+    stop = threading.Event()
+    submitted = []
+
+    def submitter() -> None:
+        while not stop.is_set():
+            with budget.slot(Priority.SUBMIT):
+                submitted.append(time.monotonic())
+
+    thread = threading.Thread(target=submitter)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        with (
+            pytest.raises(BudgetExhausted, match="no request budget left for polls"),
+            budget.slot(Priority.POLL, wait=1.5),
+        ):
+            pass
+    finally:
+        stop.set()
+        thread.join()
+    assert len(submitted) >= 3  # the submission went on at its pace meanwhile
+    with budget.slot(Priority.POLL, wait=2.0):  # once it stops, the poll gets its request
+        pass
+    assert budget.spent_last_minute() == len(submitted) + 1
+
+
+def _orders_on_panel(db: Path, client: PanelClient, n: int) -> list[int]:
+    params = [{"service": "1", "link": f"https://x.com/p{i}", "quantity": "100"} for i in range(n)]
+    ids = [client.add(p) for p in params]
+    now = datetime.now(UTC)
+    with connect(db) as conn:
+        for i, oid in enumerate(ids):
+            conn.execute(
+                "INSERT INTO orders (panel, ref, order_id, service_id, quantity, estimated_cost, "
+                "created_at, submitted_at, submit_state, next_poll_at) "
+                "VALUES ('sim', ?, ?, 1, 100, 0.09, ?, ?, 'submitted', ?)",
+                # Later rows were due earlier: the most overdue are the last ones placed.
+                [f"r{i}", oid, now, now, now - timedelta(minutes=i + 1)],
+            )
+    return ids
+
+
+def test_a_poll_short_of_budget_polls_the_most_overdue_and_defers_the_rest(tmp_path: Path):
+    db = tmp_path / "w.duckdb"
+    with running_simulator(keys=(TEST_KEY,)) as sim:
+        url = sim.url
+        setup = PanelConfig(name="setup", url=url, key_env="K", rate_limit_per_minute=60000)
+        with PanelClient(setup, Secret(TEST_KEY)) as placer:
+            placed = _orders_on_panel(db, placer, 250)
+        # 30 a minute: one request every 2 s, and a poll waits 0.5 s at most.
+        config = PanelConfig(name="sim", url=url, key_env="K", rate_limit_per_minute=30)
+        poller = PanelClient(
+            config, Secret(TEST_KEY), budget_dir=tmp_path, priority=Priority.POLL, budget_wait=0.5
+        )
+        sim.reset_stats()
+        report = poll_orders(db, {"sim": poller}, Cadence(), progress=lambda _: None)
+        assert sim.stats()["calls"]["status"] == 1
+    assert report.polled == 100 and report.deferred == {"sim": 150}
+    assert not report.failed_panels
+    with duckdb.connect(str(db), read_only=True) as con:
+        polled = {
+            r[0]
+            for r in con.execute("SELECT order_id FROM orders WHERE status IS NOT NULL").fetchall()
+        }
+    assert polled == set(placed[-100:])  # the 100 most overdue
+    assert report.next_due_at is not None and report.next_due_at <= datetime.now(UTC)
+
+
+def test_status_sensor_launches_one_poll_per_due_panel_and_never_a_second(tmp_path, monkeypatch):
+    pipeline = make_pipeline(
+        tmp_path,
+        monkeypatch,
+        [
+            panel_yaml("a", "http://127.0.0.1:9/api/v2"),
+            panel_yaml("b", "http://127.0.0.1:9/api/v2"),
+        ],
+    )
+    defs = pipeline.defs()
+    instance = dg.DagsterInstance.ephemeral()
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            "orders", metadata=due_metadata({"a": (3, past), "b": (2, past), "c": (0, None)})
+        )
+    )
+    first = tick(defs, "order_status_sensor", instance)
+    assert sorted(r.tags[PANEL_TAG] for r in first.run_requests) == ["a", "b"]
+
+    job = defs.resolve_job_def("poll_order_statuses")
+    instance.create_run_for_job(job, status=dg.DagsterRunStatus.NOT_STARTED, tags={PANEL_TAG: "a"})
+    second = tick(defs, "order_status_sensor", instance)
+    assert [r.tags[PANEL_TAG] for r in second.run_requests] == ["b"]
+
+    run = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={})
+    everything = tick(defs, "order_status_sensor", instance)  # an untagged run polls all
+    assert not everything.run_requests
+    assert "a: a poll is already queued or running" in everything.skip_message
+    instance.report_run_failed(run)
+    for waiting in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.NOT_STARTED])):
+        instance.report_run_canceled(waiting)
+    again = tick(defs, "order_status_sensor", instance)
+    assert sorted(r.tags[PANEL_TAG] for r in again.run_requests) == ["a", "b"]
+
+
+def test_two_runs_of_one_refill_content_never_claim_an_order_twice(tmp_path: Path) -> None:
+    from smm_pipeline.warehouse.processed_files import claim_file
+
+    db = tmp_path / "w.duckdb"
+    now = datetime.now(UTC)
+    with connect(db) as conn:
+        claim = claim_file(conn, "h" * 64, "refills", "r.csv", now)
+        first = record_in_flight(conn, "refills", "sim", [1, 2, 3], claim, now)
+        second = record_in_flight(conn, "refills", "sim", [2, 3, 4], claim, now)
+    assert first == [1, 2, 3] and second == [4]
+
+
+# ------------------------------------------------------------------ runs in separate processes
+
+_RUN = textwrap.dedent(
+    """
+    import json, sys, time
+    import dagster as dg
+    from smm_pipeline.defs.location import build_definitions
+
+    job, config, tags = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+    partition = sys.argv[4] or None
+    defs = build_definitions()
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def(job).execute_in_process(
+        run_config=config, tags=tags, partition_key=partition,
+        instance=instance, raise_on_error=False,
+    )
+    text = "\\n".join((e.message or "") + repr(e.event_specific_data) for e in result.all_events)
+    print(json.dumps({"success": result.success, "ended": time.time(), "log": text}))
+    """
+)
+
+
+def _start(job: str, config: dict | None = None, tags: dict | None = None, partition: str = ""):
+    return subprocess.Popen(
+        [sys.executable, "-c", _RUN, job, json.dumps(config or {}), json.dumps(tags or {}),
+         partition],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )  # fmt: skip
+
+
+def _finish(process: subprocess.Popen, timeout: float = 180) -> dict:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    result["stderr"] = err
+    return result
+
+
+def _file_request(pipeline, instance, name: str, content: str) -> dg.RunRequest:
+    settle(pipeline.drop("orders", name, content))
+    result = look_twice(pipeline.defs(), "order_csv_sensor", instance)
+    (request,) = [r for r in result.run_requests if name in json.dumps(r.run_config)]
+    return request
+
+
+ROWS_A = 18
+LOCK_TROUBLE = ("Could not set lock", "WarehouseLockedError", "stayed locked", "stayed in use",
+                "is locked by another process")  # fmt: skip
+
+
+def test_a_long_submission_on_one_panel_never_holds_up_the_other_panels_runs(tmp_path, monkeypatch):
+    """Panel a submits 18 rows at 30 a minute (one every 2 s: over half a minute) in its own
+    process. Meanwhile, each in a process of its own, panel b submits a file, is polled, and
+    syncs its catalog and balance: all of them finish while a is still sending, with no DuckDB
+    lock error anywhere, and every order reaches its panel once."""
+    with (
+        running_simulator(keys=(TEST_KEY,)) as sim_a,
+        running_simulator(keys=(TEST_KEY,)) as sim_b,
+    ):
+        pipeline = make_pipeline(
+            tmp_path,
+            monkeypatch,
+            [
+                panel_yaml("a", sim_a.url, rate_limit_per_minute=30, max_concurrency=2),
+                panel_yaml("b", sim_b.url, rate_limit_per_minute=6000),
+            ],
+            "pipeline:\n  replica_max_lag_seconds: 0\n",
+        )
+        monkeypatch.setenv(KEY_ENV, TEST_KEY)
+        instance = dg.DagsterInstance.ephemeral()
+        rows_a = "".join(f"a,1,https://x.com/a{i},100,a-{i}\n" for i in range(ROWS_A))
+        rows_b = "".join(f"b,1,https://x.com/b{i},100,b-{i}\n" for i in range(3))
+        header = "panel,service,link,quantity,ref\n"
+        request_a = _file_request(pipeline, instance, "a.csv", header + rows_a)
+        long_run = _start("submit_orders", request_a.run_config, request_a.tags)
+        deadline = time.monotonic() + 60
+        while sim_a.stats()["orders_created"] < 1:  # a is sending
+            assert time.monotonic() < deadline and long_run.poll() is None
+            time.sleep(0.2)
+        request_b = _file_request(pipeline, instance, "b.csv", header + rows_b)
+        short_runs = [
+            _start("submit_orders", request_b.run_config, request_b.tags),
+            _start("refresh_service_catalog", partition="b"),
+            _start("refresh_panel_balances", partition="b"),
+        ]
+        results = [_finish(p) for p in short_runs]
+        sent_by_a_meanwhile = sim_a.stats()["orders_created"]
+        poll_b = _finish(_start("poll_order_statuses", tags={PANEL_TAG: "b", POLL_ALL_TAG: "all"}))
+        a_still_sending = long_run.poll() is None
+        sent_by_a_then = sim_a.stats()["orders_created"]
+        long_result = _finish(long_run)
+        created = (sim_a.stats()["orders_created"], sim_b.stats()["orders_created"])
+    for result in [*results, poll_b, long_result]:
+        assert result["success"], result["log"][-3000:]
+        text = result["log"] + result["stderr"]
+        for sign in LOCK_TROUBLE:
+            assert sign not in text, text[-3000:]
+    assert a_still_sending and sent_by_a_then < ROWS_A, (sent_by_a_meanwhile, sent_by_a_then)
+    assert "'polled': IntMetadataValue(value=3)" in poll_b["log"]
+    assert "'status_calls': IntMetadataValue(value=1)" in poll_b["log"]
+    assert "'open_on_disabled_panels': IntMetadataValue(value=0)" in poll_b["log"]
+    assert created == (ROWS_A, 3)  # every order reached its panel once
+    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+        states = con.execute(
+            "SELECT panel, submit_state, count(*) FROM orders GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        polled = con.execute("SELECT count(*) FROM orders WHERE status IS NOT NULL").fetchall()
+    assert states == [("a", "submitted", ROWS_A), ("b", "submitted", 3)]
+    assert polled == [(3,)]
