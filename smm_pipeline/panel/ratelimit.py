@@ -5,9 +5,9 @@ separate processes, so both limits live outside any one process, in a budget fol
 (`SMM_DATA_DIR/panel_budget/` for the pipeline):
 
 - **Rate**: pyrate-limiter's `SQLiteBucket` (a sliding-window log in `budget.sqlite`, one table
-  per panel, serialised across processes by a `filelock` lock file). Two rates hold at once: the
-  minute's budget, and a spacing of 60/rate seconds between requests, so the budget is never
-  spent in one burst at the start of a minute.
+  per panel), serialised across processes by a blocking `flock` on `budget.sqlite.lock`. Two
+  rates hold at once: the minute's budget, and a sixtieth of it in any second (below 60 a
+  minute: one request per 60/rate seconds), so the budget is never spent in one burst.
 - **Priority**: a submission waiting for the budget holds a shared `flock` on
   `<panel>.submitting`; a poll takes a request only while no submission waits (it checks that
   lock), so a submission running at the rate limit leaves polls nothing and polls spend only
@@ -39,8 +39,7 @@ from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
-from filelock import FileLock
-from pyrate_limiter import Limiter, Rate, SingleBucketFactory, SQLiteBucket
+from pyrate_limiter import Rate, RateItem, SingleBucketFactory, SQLiteBucket
 
 from smm_pipeline.panel.errors import BudgetExhausted
 
@@ -48,6 +47,7 @@ BUDGET_FILE = "budget.sqlite"
 POLL_SHARE = 0.9  # of each minute's budget: the rest is kept for submissions
 _MINUTE_MS = 60_000
 _SLOT_RETRY_SECONDS = (0.002, 0.02)
+_POLL_RECHECK = 0.05
 
 
 class Priority(Enum):
@@ -56,13 +56,15 @@ class Priority(Enum):
 
 
 def _rates(per_minute: int) -> list[Rate]:
-    """The minute's budget, preceded by the spacing rate (1 per 60/rate seconds) when the
-    budget is more than one a minute; pyrate wants generous-before-tight order."""
+    """The minute's budget, preceded by a per-second one (a sixtieth of it, rounded up; below
+    60 a minute, one request per 60/rate seconds), so the budget is never spent in a burst at
+    the start of a minute. pyrate wants generous-before-tight order."""
     per_minute = max(1, per_minute)
-    spacing_ms = _MINUTE_MS // per_minute
-    if per_minute == 1 or spacing_ms < 1:
-        return [Rate(per_minute, _MINUTE_MS)]
-    return [Rate(1, spacing_ms), Rate(per_minute, _MINUTE_MS)]
+    if per_minute == 1:
+        return [Rate(1, _MINUTE_MS)]
+    if per_minute < 60:
+        return [Rate(1, _MINUTE_MS // per_minute), Rate(per_minute, _MINUTE_MS)]
+    return [Rate(math.ceil(per_minute / 60), 1000), Rate(per_minute, _MINUTE_MS)]
 
 
 def poll_limit(per_minute: int) -> int:
@@ -109,6 +111,38 @@ class _Slots:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
         self._local[i].release()
+
+
+class _FileLock:
+    """A lock shared by the threads of this process and by every process: an RLock, and a
+    blocking flock on one file while a thread of this process holds it (the kernel wakes the
+    next waiter at once; filelock's polling would add up to 50 ms a wait)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._rlock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> _FileLock:
+        self._rlock.acquire()
+        if self._depth == 0:
+            try:
+                fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._rlock.release()
+                raise
+            self._fd = fd
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+        self._rlock.release()
 
 
 class _Intent:
@@ -165,7 +199,7 @@ class PanelBudget:
         table = "panel_" + panel.encode().hex()
         if folder is None:
             conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level="DEFERRED")
-            lock: threading.RLock | FileLock = threading.RLock()
+            lock: threading.RLock | _FileLock = threading.RLock()
             conn.execute(f"CREATE TABLE '{table}' (name VARCHAR, item_timestamp INTEGER)")
             conn.execute(f"CREATE INDEX 'idx_{table}' ON '{table}' (item_timestamp)")
             submit = SQLiteBucket(_rates(rate_limit_per_minute), conn, table, lock=lock)
@@ -175,13 +209,21 @@ class PanelBudget:
             self._slots: _Slots | None = None
         else:
             folder.mkdir(parents=True, exist_ok=True)
-            submit = SQLiteBucket.init_from_file(
-                _rates(rate_limit_per_minute),
-                table=table,
-                db_path=str(folder / BUDGET_FILE),
-                use_file_lock=True,
-            )
-            conn, lock = submit.conn, submit.lock
+            lock = _FileLock(folder / (BUDGET_FILE + ".lock"))
+            with lock:
+                conn = sqlite3.connect(
+                    folder / BUDGET_FILE, check_same_thread=False, isolation_level="DEFERRED"
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # a budget needs no fsync
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS '{table}' (name VARCHAR, item_timestamp INTEGER)"
+                )
+                conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS 'idx_{table}' ON '{table}' (item_timestamp)"
+                )
+                conn.commit()
+            submit = SQLiteBucket(_rates(rate_limit_per_minute), conn, table, lock=lock)
             self._semaphore = None
             self._slots = _Slots(folder, panel, max_concurrency)
         with lock:
@@ -191,14 +233,13 @@ class PanelBudget:
             conn.commit()
         self._conn, self._lock = conn, lock
         self._intent = _Intent(folder, panel)
-        self._poll_pause = min(0.05, max(0.001, 60.0 / max(1, rate_limit_per_minute) / 4))
         poll_rates = _rates(poll_limit(rate_limit_per_minute))
         poll = SQLiteBucket(poll_rates, conn, table, lock=lock)
-        # buffer_ms: pyrate sleeps this much beyond the computed wait; 1 ms keeps the spacing.
-        self._limiters = {
-            Priority.SUBMIT: Limiter(SingleBucketFactory(submit), buffer_ms=1),
-            Priority.POLL: Limiter(SingleBucketFactory(poll, schedule_leak=False), buffer_ms=1),
-        }
+        self._buckets = {Priority.SUBMIT: submit, Priority.POLL: poll}
+        # The factory's background thread deletes entries older than the minute (one per
+        # process is enough: both buckets share the table). Acquiring is `_take`, not pyrate's
+        # blocking Limiter, which moves a waiting item's timestamp ahead of the clock.
+        self._leaker = SingleBucketFactory(submit)
 
     def __repr__(self) -> str:
         where = self.folder if self.folder is not None else "this process"
@@ -272,24 +313,36 @@ class PanelBudget:
             if deadline is not None and time.monotonic() + pause > deadline:
                 raise BudgetExhausted(self.panel, wait or 0.0)
             time.sleep(pause)
-        limiter = self._limiters[priority]
         if priority is Priority.POLL:
-            # Only while no submission waits; never blocking inside pyrate (which would not
-            # see a submission arrive).
-            while self._intent.anyone_waiting() or not limiter.try_acquire(
-                self.panel, blocking=False
-            ):
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise BudgetExhausted(self.panel, wait or 0.0)
-                time.sleep(random.uniform(0.5, 1.0) * self._poll_pause)
-            return
+            # Only while no submission waits for this panel's budget (checked again at least
+            # every 50 ms while waiting).
+            while True:
+                pause = _POLL_RECHECK if self._intent.anyone_waiting() else self._take(priority)
+                if not pause:
+                    return
+                self._pause(min(pause, _POLL_RECHECK), deadline, wait)
         with self._intent.waiting():
-            if deadline is None:
-                limiter.try_acquire(self.panel)
-                return
-            remaining = max(0.0, deadline - time.monotonic())
-            if not limiter.try_acquire(self.panel, timeout=remaining):
+            while pause := self._take(priority):
+                self._pause(pause, deadline, wait)
+
+    def _take(self, priority: Priority) -> float:
+        """One request of the budget now if every rate has room (0.0), else how long to wait
+        before trying again (the bucket's own figure, never waiting here)."""
+        bucket = self._buckets[priority]
+        with self._lock:
+            item = RateItem(self.panel, bucket.now())
+            if bucket.put(item):
+                return 0.0
+            wait_ms = bucket.waiting(item)
+        return max(0.001, wait_ms / 1000) if isinstance(wait_ms, int) and wait_ms >= 0 else 0.05
+
+    def _pause(self, seconds: float, deadline: float | None, wait: float | None) -> None:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise BudgetExhausted(self.panel, wait or 0.0)
+            seconds = min(seconds, left)
+        time.sleep(min(seconds, 1.0) + random.uniform(0, 0.002))
 
     def spent_last_minute(self) -> int:
         """Requests started in the last 60 s, by every process sharing this budget."""
