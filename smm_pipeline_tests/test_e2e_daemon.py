@@ -46,6 +46,7 @@ SENSORS = {
     "cancel_csv_sensor",
     "order_status_sensor",
     "refill_status_sensor",
+    "replica_sensor",
 }
 SCHEDULES = {
     "service_catalog_hourly",
