@@ -21,7 +21,7 @@ import difflib
 import hashlib
 import io
 from collections.abc import Collection, Iterator
-from itertools import islice
+from itertools import chain, islice
 from operator import itemgetter
 
 from smm_pipeline.intake.row_errors import RowError
@@ -53,12 +53,10 @@ class CsvTable:
 
     __slots__ = ("_reader", "columns", "errors")
 
-    def __init__(
-        self, columns: tuple[str, ...], reader: Iterator[list[str]], errors: list[RowError]
-    ):
+    def __init__(self, columns: tuple[str, ...], reader: _Records, errors: list[RowError]):
         self.columns = columns
         self.errors = errors
-        self._reader: Iterator[list[str]] | None = reader
+        self._reader: _Records | None = reader
 
     def index(self, column: str) -> int | None:
         try:
@@ -66,7 +64,7 @@ class CsvTable:
         except ValueError:
             return None
 
-    def _take_reader(self) -> Iterator[list[str]]:
+    def _take_reader(self) -> _Records:
         reader, self._reader = self._reader, None
         if reader is None:
             raise RuntimeError("the records of a CsvTable can be read only once")
@@ -112,8 +110,41 @@ def _records(
                 errors.append(cells)
 
 
+class _Records:
+    """The records after the header, as the csv module reads them (RFC 4180, strict).
+
+    Lines without a quote character hold no quoted cell, so their records are exactly the
+    line without its line end, split at commas: that is how they are read (twice as fast as
+    the csv module), batch by batch, until a batch holds a quote or a line longer than the
+    cell limit. From there on the csv module reads the rest, that batch's lines first, and
+    `line_num` still counts the lines of the whole file."""
+
+    __slots__ = ("_lines", "_reader", "_read")
+
+    def __init__(self, lines: Iterator[str], header_lines: int) -> None:
+        self._lines = lines
+        self._reader: Iterator[list[str]] | None = None
+        self._read = header_lines  # lines read before the csv module took over
+
+    @property
+    def line_num(self) -> int:
+        reader = self._reader
+        return self._read + (0 if reader is None else reader.line_num)  # type: ignore[attr-defined]
+
+    def take(self, size: int, into: list[list[str]]) -> None:
+        """Append up to `size` records to `into`; a csv.Error leaves those read before it."""
+        if self._reader is None:
+            lines = list(islice(self._lines, size))
+            if '"' not in "".join(lines) and max(map(len, lines), default=0) <= _CELL_LIMIT:
+                self._read += len(lines)
+                into.extend([line.rstrip("\r\n").split(",") for line in lines])
+                return
+            self._reader = csv.reader(chain(lines, self._lines), strict=True)
+        into.extend(islice(self._reader, size))
+
+
 def _batches(
-    reader: Iterator[list[str]], width: int, errors: list[RowError], size: int
+    reader: _Records, width: int, errors: list[RowError], size: int
 ) -> Iterator[tuple[int, list, bool]]:
     row_number = 0  # records consumed so far
     found = False
@@ -121,7 +152,7 @@ def _batches(
         batch: list[list[str]] = []
         failure: csv.Error | None = None
         try:
-            batch.extend(islice(reader, size))  # keeps the records read before an error
+            reader.take(size, batch)  # keeps the records read before an error
         except csv.Error as exc:
             failure = exc
         if batch:
@@ -157,8 +188,7 @@ def _batches(
                 yield row_number + 1, entries, False
             row_number += len(batch)
         if failure is not None:
-            line = getattr(reader, "line_num", 0)
-            errors.append(_syntax_error(row_number + 1, line, failure))
+            errors.append(_syntax_error(row_number + 1, reader.line_num, failure))
             return
         if len(batch) < size:
             break
@@ -237,7 +267,7 @@ def read_csv_table(
     errors = _header_errors(columns, known_columns, required_columns)
     if errors:
         return None, errors
-    return CsvTable(columns, reader, errors), errors
+    return CsvTable(columns, _Records(lines, reader.line_num), errors), errors
 
 
 def _syntax_error(row: int, line: int, exc: csv.Error) -> RowError:

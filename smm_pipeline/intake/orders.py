@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from hashlib import sha256
+from heapq import merge
 from itertools import repeat
-from operator import ge, itemgetter, le, methodcaller
+from operator import attrgetter, ge, itemgetter, le, methodcaller
 from sys import intern
 
 from smm_pipeline.config import Settings
@@ -69,7 +70,6 @@ _DEFAULT = ORDER_TYPES["Default"]
 _AUTO_REF = re.compile(f"auto-[0-9a-f]{{{2 * DIGEST_BYTES}}}")
 # A billed quantity of more digits than this is left to the general check (64-bit storage).
 _FAST_DIGITS = 18
-_NO_DIGEST = bytes(DIGEST_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +89,9 @@ class IntakeResult:
     rows: ValidatedRows  # a read-only sequence of ValidatedOrder
     errors: list[RowError]
     panel_totals: dict[str, Decimal] = field(default_factory=dict)
+    # The enabled panels the file names (all of them when it names none or has no panel
+    # column); None when its records were not read (a file or header problem).
+    panels: list[str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -113,22 +116,19 @@ class _FastDefault:
     __slots__ = (
         "drip_head",
         "foreign",
+        "head",
         "high",
         "interval",
         "link",
         "low",
         "max_billed",
-        "pbyte",
         "quantity",
         "runs",
         "slot",
         "tail",
-        "head",
     )
 
-    def __init__(
-        self, plan, service: Service, panel: str, pbyte: bytes, slot: int, unit: Decimal
-    ) -> None:
+    def __init__(self, plan, service: Service, panel: str, slot: int, unit: Decimal) -> None:
         at = {name: index for name, index, _, _ in plan.present}
         self.link: int = at["link"]
         self.quantity: int = at["quantity"]
@@ -138,7 +138,6 @@ class _FastDefault:
         self.low, self.high = service.min, service.max
         # Costs are exact: unit x billed must fit the MONEY context (and 64 bits).
         self.max_billed = min(10 ** (MONEY.prec - len(unit.as_tuple().digits)), 1 << 63) - 1
-        self.pbyte = pbyte
         self.slot = slot
         # derive_ref's text: panel, then the params' keys in sorted order with their values.
         self.head = f"{panel}\0link\0"
@@ -150,16 +149,7 @@ class _Target:
     """What a (panel cell, service cell) pair resolves to, computed once per distinct pair:
     the panel and service, or the error every row naming it gets."""
 
-    __slots__ = (
-        "column",
-        "delay_values",
-        "fast",
-        "message",
-        "panel",
-        "pbyte",
-        "service",
-        "slots",
-    )
+    __slots__ = ("column", "delay_values", "fast", "message", "panel", "service", "slots")
 
     def __init__(
         self,
@@ -168,20 +158,32 @@ class _Target:
         delay_values: Collection[int] = (),
         column: str = "",
         message: str = "",
-        pbyte: bytes = b"",
     ) -> None:
         self.panel = panel
         self.service = service
         self.delay_values = delay_values
         self.column = column
         self.message = message
-        self.pbyte = pbyte
         self.fast: _FastDefault | None = None
         self.slots: dict[Pricing, int] = {}
 
 
+def _ref_key(ref: str) -> bytes:
+    """A user's ref as DIGEST_BYTES for the duplicate check: a ref in the derived form
+    ("auto-" and hex) as the bytes a derived ref has (they collide exactly when the texts
+    are equal), any other as bytes of its hash (a chance collision is checked on the texts)."""
+    if _AUTO_REF.fullmatch(ref):
+        return bytes.fromhex(ref[5:])
+    return sha256(b"\1" + ref.encode("utf-8", "surrogatepass")).digest()[:DIGEST_BYTES]
+
+
 class _FileCheck:
-    """The checks of one file's rows, batch by batch, into `rows` and `errors`."""
+    """The checks of one file's rows, batch by batch, into `rows` and `errors`.
+
+    Refs must be unique per panel. Rather than a dict of every ref seen so far, each valid
+    row's ref is kept as DIGEST_BYTES (see `_ref_key`) and `finish` finds the duplicates at
+    once (`ValidatedRows.duplicates`): a duplicate is a valid row whose (panel, ref) an
+    earlier valid row has, reported at its row as if found in order, and left out."""
 
     def __init__(
         self,
@@ -206,16 +208,34 @@ class _FileCheck:
         self.layout = FieldLayout(columns, ignore=("panel", "service", "ref", "campaign"))
         self.use_fast = fast
         self.delays = {p.name: frozenset(p.delay_values) for p in settings.enabled_panels}
-        names = settings.panel_names
-        width = max(1, (len(names).bit_length() + 7) // 8)  # bytes that tell panels apart
-        self.pbytes = {name: i.to_bytes(width, "big") for i, name in enumerate(names)}
         self.default_panel = chooser.default or ""
         self.targets: dict[str, dict[str, _Target]] = {}
         self.slots: list[Slot] = []
         self.rows = ValidatedRows(self.slots)
-        # First row of each ref, per panel: derived refs (and user refs in their form) by
-        # panel byte + digest bytes, other user refs by panel + NUL + ref.
-        self.refs: dict[bytes | str, int] = {}
+
+    def panels_named(self, settings: Settings) -> list[str]:
+        """The enabled panels the panel cells of the records checked name (all enabled
+        panels when they name none, or the file has no panel column)."""
+        enabled = set(settings.panel_names)
+        if self.panel_at is None:
+            return sorted(enabled)
+        named = {cell.strip().lower() for cell in self.targets} & enabled
+        return sorted(named) or sorted(enabled)
+
+    def finish(self) -> None:
+        """Report the duplicate refs (in row order among the other errors) and drop them."""
+        duplicates = self.rows.duplicates()
+        if not duplicates:
+            return
+        reports = []
+        for index, first in duplicates:
+            row = self.rows[index]
+            first_row = self.rows[first].row_number
+            message = _duplicate_message(row.ref_derived, row.ref, row.panel, first_row)
+            reports.append(RowError(row.row_number, "ref", message))
+        # Every error so far is in row order, and a duplicate row has no other error.
+        self.errors[:] = merge(self.errors, reports, key=attrgetter("row"))
+        self.rows.remove({index for index, _ in duplicates})
 
     # -- targets -------------------------------------------------------------------------
 
@@ -254,12 +274,11 @@ class _FileCheck:
                 message=f"service {service_id} on panel {panel!r} is no longer active "
                 "(it left the catalog); choose another service",
             )
-        target = _Target(panel, entry.service, self.delays[panel], pbyte=self.pbytes[panel])
+        target = _Target(panel, entry.service, self.delays[panel])
         plan = self.layout.plan(entry.service.type)
         if self.use_fast and plan.order_type is _DEFAULT and not plan.absent_required:
             slot = self.slot(target, Pricing.PER_THOUSAND)
-            unit = self.slots[slot].unit
-            target.fast = _FastDefault(plan, entry.service, panel, target.pbyte, slot, unit)
+            target.fast = _FastDefault(plan, entry.service, panel, slot, self.slots[slot].unit)
         return target
 
     def slot(self, target: _Target, pricing: Pricing) -> int:
@@ -285,7 +304,7 @@ class _FileCheck:
         """The batch at once, column by column in C (map, join, one regex pass per column),
         when every row in it is a plain Default-type row the fast path takes: same rows, refs
         and costs as row by row. False, having changed nothing, when some row is not (a
-        problem to report, a cell to normalise, drip-feed, a user ref, a duplicate...)."""
+        problem to report, a cell to normalise, drip-feed, a user ref...)."""
         count = len(entries)
         service = map(itemgetter(self.service_at), entries)
         if self.panel_at is None:
@@ -318,9 +337,6 @@ class _FileCheck:
                 return False
             heads: Iterable[str] = repeat(model.head, count)
             tails: Iterable[str] = repeat(model.tail, count)
-            keys = list(
-                map(model.pbyte.__add__, digests := _digests(heads, links, quantities, tails))
-            )
             slots: Iterable[int] = repeat(model.slot, count)
         else:
             which = list(map(distinct.__getitem__, pairs))
@@ -333,15 +349,8 @@ class _FileCheck:
                 return False
             heads = map([f.head for f in fasts].__getitem__, which)
             tails = map([f.tail for f in fasts].__getitem__, which)
-            digests = _digests(heads, links, quantities, tails)
-            keys = list(
-                map(bytes.__add__, map([f.pbyte for f in fasts].__getitem__, which), digests)
-            )
             slots = map([f.slot for f in fasts].__getitem__, which)
-        refs = self.refs
-        if len(set(keys)) != count or not refs.keys().isdisjoint(keys):
-            return False  # a duplicate: reported row by row
-        refs.update(zip(keys, range(first, first + count), strict=True))
+        digests = _digests(heads, links, quantities, tails)
         if self.campaign_at is None:
             campaigns = [""] * count
         else:
@@ -360,9 +369,7 @@ class _FileCheck:
         panel_at, service_at = self.panel_at, self.service_at
         ref_at, campaign_at = self.ref_at, self.campaign_at
         default_panel = self.default_panel
-        refs = self.refs
-        add = self.rows.add
-        add_drip = self.rows.add_drip
+        rows = self.rows
         links_checked = (
             regular
             and self.link_at is not None
@@ -429,45 +436,30 @@ class _FileCheck:
                 continue
 
             ref = cells[ref_at].strip() if ref_at is not None else ""
-            if runs:
-                text = (
-                    f"{fast.drip_head}{interval}\0link\0{link}\0quantity\0{quantity}"
-                    f"\0runs\0{runs}{fast.tail}"
-                )
-            else:
-                text = f"{fast.head}{link}\0quantity\0{quantity}{fast.tail}"
-            digest = _NO_DIGEST if ref else sha256(text.encode()).digest()[:DIGEST_BYTES]
             if ref:
                 if len(ref) > MAX_REF_LENGTH or "\n" in ref or "\r" in ref:
                     message = f"ref must be one line of at most {MAX_REF_LENGTH} characters"
                     errors.append(RowError(row_number, "ref", message))
                     continue
-                key = self._ref_key(target, ref)
+                digest = _ref_key(ref)
+            elif runs:
+                text = (
+                    f"{fast.drip_head}{interval}\0link\0{link}\0quantity\0{quantity}"
+                    f"\0runs\0{runs}{fast.tail}"
+                )
+                digest = sha256(text.encode()).digest()[:DIGEST_BYTES]
             else:
-                key = fast.pbyte + digest
-            first_row = refs.setdefault(key, row_number)
-            if first_row != row_number:
-                panel: str = target.panel  # type: ignore[assignment]
-                ref_shown = ref or "auto-" + digest.hex()
-                message = _duplicate_message(not ref, ref_shown, panel, first_row)
-                errors.append(RowError(row_number, "ref", message))
-                continue
+                text = f"{fast.head}{link}\0quantity\0{quantity}{fast.tail}"
+                digest = sha256(text.encode()).digest()[:DIGEST_BYTES]
             campaign = cells[campaign_at].strip() if campaign_at is not None else ""
             campaign = intern(campaign)  # a handful of labels, shared by many rows
             if runs:
-                add_drip(row_number, fast.slot, number, int(runs), int(interval), digest, link,
-                         campaign)  # fmt: skip
+                rows.add_drip(row_number, fast.slot, number, int(runs), int(interval), digest,
+                              link, campaign)  # fmt: skip
             else:
-                add(row_number, fast.slot, number, digest, link, campaign)
+                rows.add(row_number, fast.slot, number, digest, link, campaign)
             if ref:
-                self.rows.set_user_ref(ref)
-
-    def _ref_key(self, target: _Target, ref: str) -> bytes | str:
-        """The key of a ref in `refs`: a ref in the derived form shares the derived refs' keys,
-        so that it collides with a derived ref exactly when the texts are equal."""
-        if _AUTO_REF.fullmatch(ref):
-            return target.pbyte + bytes.fromhex(ref[5:])
-        return f"{target.panel}\0{ref}"
+                rows.set_user_ref(ref)
 
     def general(self, row_number: int, cells: list[str], target: _Target) -> None:
         """The general check of one row: any type, every problem reported."""
@@ -494,11 +486,6 @@ class _FileCheck:
             message = f"ref must be one line of at most {MAX_REF_LENGTH} characters"
             self.errors.append(RowError(row_number, "ref", message))
             return
-        first = self.refs.setdefault(self._ref_key(target, ref), row_number)
-        if first != row_number:
-            message = _duplicate_message(derived, ref, panel, first)
-            self.errors.append(RowError(row_number, "ref", message))
-            return
 
         slot = self.slot(target, request.pricing)
         cost = MONEY.multiply(self.slots[slot].unit, request.billed_units)
@@ -520,6 +507,7 @@ class _FileCheck:
             ),
             slot,
             request.billed_units,
+            _ref_key(ref),  # a derived ref is in the derived form: its digest bytes
         )
 
 
@@ -531,16 +519,18 @@ def validate_order_file(
     balances: Mapping[str, Decimal],
     *,
     today: date | None = None,
+    content_hash: str | None = None,
     fast: bool = True,
 ) -> IntakeResult:
     """Check a whole order file (bytes already read) and price it.
 
     `catalog` maps (panel, service id) to the current catalog entry, `balances` each panel's
     fresh balance. `today` (default: the UTC date) refuses expiry dates in the past.
+    `content_hash` is the content's sha256 when the caller has it (else it is computed).
     `fast=False` checks every row by the general path (the same result, only slower: for
     tests that compare the two).
     """
-    digest = file_hash(content)
+    digest = file_hash(content) if content_hash is None else content_hash
     table, errors = read_csv_table(
         content, known_columns=ORDER_COLUMNS, required_columns=("service",)
     )
@@ -555,13 +545,14 @@ def validate_order_file(
     check = _FileCheck(table.columns, catalog, settings, chooser, today, errors, fast=fast)
     for first, entries, regular in table.batches():
         check.batch(first, entries, regular)
-    check.refs.clear()  # the duplicate check is done: free its keys before pricing
+    check.finish()
+    panels = check.panels_named(settings)
     if any(e.row == 0 for e in errors):  # the file has no data rows: nothing to price
-        return IntakeResult(file_name, digest, ValidatedRows(), errors)
+        return IntakeResult(file_name, digest, ValidatedRows(), errors, panels=panels)
     rows = check.rows
     totals = rows.panel_totals()
     errors.extend(batch_errors(totals, settings, balances))
-    return IntakeResult(file_name, digest, rows, errors, totals)
+    return IntakeResult(file_name, digest, rows, errors, totals, panels)
 
 
 _PLAIN_NUMBERS = re.compile(

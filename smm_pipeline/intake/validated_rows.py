@@ -22,6 +22,8 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import NamedTuple, overload
 
+import numpy as np
+
 from smm_pipeline.intake.budget import panel_totals
 from smm_pipeline.panel.order_types import MONEY
 
@@ -75,6 +77,7 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         "_numbers",
         "_odd",
         "_runs",
+        "_sums",
         "_slot_of",
         "_slots",
         "_user_refs",
@@ -94,6 +97,7 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         self._user_refs: dict[int, str] = {}
         self._general: dict[int, ValidatedOrder] = {}
         self._odd = False  # some row's billed units do not fit 64 bits: totals row by row
+        self._sums: tuple[int, list[int], list[int]] | None = None  # (rows, billed, order)
 
     # -- filling -------------------------------------------------------------------------
 
@@ -162,8 +166,9 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         """The last row added carries the user's own ref (not derived)."""
         self._user_refs[len(self._numbers) - 1] = ref
 
-    def add_general(self, row: ValidatedOrder, slot: int, billed: int) -> None:
-        """A row the general check built: kept as it is; `slot` and `billed` price it."""
+    def add_general(self, row: ValidatedOrder, slot: int, billed: int, key: bytes) -> None:
+        """A row the general check built: kept as it is; `slot` and `billed` price it, `key`
+        is its ref as DIGEST_BYTES for the duplicate check."""
         index = len(self._numbers)
         self._numbers.append(row.row_number)
         self._slot_of.append(slot)
@@ -172,13 +177,76 @@ class ValidatedRows(Sequence[ValidatedOrder]):
             self._odd = True
         else:
             self._billed.append(billed)
-        self._digests += bytes(DIGEST_BYTES)
+        self._digests += key
         self._links.append(None)
         self._campaigns.append("")
         if self._runs is not None:
             self._runs.append(0)
             self._intervals.append(0)  # type: ignore[union-attr]
         self._general[index] = row
+
+    # -- duplicates ----------------------------------------------------------------------
+
+    def duplicates(self) -> list[tuple[int, int]]:
+        """(index, index of the first row with the same panel and ref) of every row whose
+        ref an earlier row of its panel has, in order. Every row's DIGEST_BYTES (a derived
+        ref's own, or its key for a user's ref) are sorted with its panel in one pass; rows
+        whose bytes agree are then compared by their refs' text."""
+        count = len(self._numbers)
+        if count < 2:
+            return []
+        ids: dict[str, int] = {}
+        panel_of_slot = np.array(
+            [ids.setdefault(slot.panel, len(ids)) for slot in self._slots], dtype=np.uint64
+        )
+        slots = np.frombuffer(self._slot_of, dtype=f"u{self._slot_of.itemsize}")
+        parts = np.frombuffer(self._digests, dtype=[("a", ">u4"), ("b", ">u8")])
+        high = (panel_of_slot[slots] << np.uint64(32)) | parts["a"].astype(np.uint64)
+        low = parts["b"].astype(np.uint64)
+        order = np.lexsort((low, high))  # stable: equal keys stay in row order
+        high, low = high[order], low[order]
+        same = (high[1:] == high[:-1]) & (low[1:] == low[:-1])
+        if not same.any():
+            return []
+        found: list[tuple[int, int]] = []
+        starts = np.flatnonzero(same & ~np.concatenate(([False], same[:-1])))
+        for start in starts.tolist():
+            end = start + 1
+            while end < count - 1 and same[end]:
+                end += 1
+            first_of: dict[tuple[str, str], int] = {}
+            for index in order[start : end + 1].tolist():
+                key = self._key(index)
+                first = first_of.setdefault(key, index)
+                if first != index:
+                    found.append((index, first))
+        return sorted(found)
+
+    def _key(self, index: int) -> tuple[str, str]:
+        general = self._general.get(index)
+        if general is not None:
+            return general.panel, general.ref
+        return self._slots[self._slot_of[index]].panel, self._ref(index)[0]
+
+    def remove(self, indices: Collection[int]) -> None:
+        """Leave out the rows at `indices` (the duplicates)."""
+        keep = [i for i in range(len(self._numbers)) if i not in indices]
+        self._numbers = array("I", map(self._numbers.__getitem__, keep))
+        self._slot_of = array("I", map(self._slot_of.__getitem__, keep))
+        self._billed = array("q", map(self._billed.__getitem__, keep))
+        width = DIGEST_BYTES
+        self._digests = bytearray(
+            b"".join(self._digests[i * width : (i + 1) * width] for i in keep)
+        )
+        self._links = list(map(self._links.__getitem__, keep))
+        self._campaigns = list(map(self._campaigns.__getitem__, keep))
+        if self._runs is not None:
+            self._runs = array("q", map(self._runs.__getitem__, keep))
+            self._intervals = array("q", map(self._intervals.__getitem__, keep))  # type: ignore[union-attr]
+        new_index = {old: new for new, old in enumerate(keep)}
+        self._user_refs = {new_index[i]: r for i, r in self._user_refs.items() if i in new_index}
+        self._general = {new_index[i]: r for i, r in self._general.items() if i in new_index}
+        self._sums = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -260,6 +328,28 @@ class ValidatedRows(Sequence[ValidatedOrder]):
             derived,
         )
 
+    def key_columns(self, start: int, stop: int) -> tuple[list[str], list[str]]:
+        """The panels and refs of rows `start` to `stop` (two lists), built in C, not row by
+        row: for looking them up in the warehouse."""
+        stop = min(stop, len(self._numbers))
+        count = max(stop - start, 0)
+        width = 2 * DIGEST_BYTES
+        digits = self._digests[start * DIGEST_BYTES : stop * DIGEST_BYTES].hex()
+        cuts = map(slice, range(0, width * count, width), range(width, width * (count + 1), width))
+        refs = list(map("auto-".__add__, map(digits.__getitem__, cuts)))
+        panel_of = [slot.panel for slot in self._slots]
+        panels = list(map(panel_of.__getitem__, self._slot_of[start:stop]))
+        if self._user_refs or self._general:
+            user, general = self._user_refs, self._general
+            for index in range(start, stop):
+                ref = user.get(index)
+                if ref is not None:
+                    refs[index - start] = ref
+                row = general.get(index)
+                if row is not None:
+                    panels[index - start], refs[index - start] = row.panel, row.ref
+        return panels, refs
+
     def keys(self) -> Iterator[tuple[str, str]]:
         """(panel, ref) of every row, in order, without building the rows."""
         slots, general = self._slots, self._general
@@ -297,6 +387,33 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         skip = set(exclude)
         return sum((row.estimated_cost for i, row in enumerate(self) if i not in skip), _ZERO)
 
+    def _slot_sums(self, exclude: Collection[int]) -> tuple[list[int], list[int]]:
+        """Billed units per slot (exact integers), and the slots in order of their first
+        row, rows in `exclude` left out; computed once for all rows. Summed in numpy as two
+        halves of 32 bits, so that no sum can overflow (billed units are below 2**63)."""
+        if not exclude and self._sums is not None and self._sums[0] == len(self._numbers):
+            return self._sums[1], self._sums[2]
+        count = len(self._slots)
+        slots = np.frombuffer(self._slot_of, dtype=f"u{self._slot_of.itemsize}")
+        billed = np.frombuffer(self._billed, dtype=np.int64)
+        if exclude:
+            keep = np.ones(len(slots), dtype=bool)
+            keep[np.fromiter(exclude, dtype=np.int64, count=len(exclude))] = False
+            slots, billed = slots[keep], billed[keep]
+        low = np.zeros(count, dtype=np.uint64)
+        high = np.zeros(count, dtype=np.uint64)
+        np.add.at(low, slots, (billed & 0xFFFFFFFF).astype(np.uint64))
+        np.add.at(high, slots, (billed >> 32).astype(np.uint64))
+        sums = [(h << 32) + lo for h, lo in zip(high.tolist(), low.tolist(), strict=True)]
+        first = np.full(count, len(slots), dtype=np.int64)
+        np.minimum.at(first, slots, np.arange(len(slots), dtype=np.int64))
+        order = [
+            slot for slot in np.argsort(first, kind="stable").tolist() if first[slot] < len(slots)
+        ]
+        if not exclude:
+            self._sums = (len(self._numbers), sums, order)
+        return sums, order
+
     def _exact_sums(self, exclude: Collection[int], *, by_panel: bool) -> dict[str, Decimal] | None:
         """Sums per panel (or all under ""), as unit × billed units per slot, or None when
         they might differ from a row-by-row sum in the current decimal context.
@@ -308,17 +425,7 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         whose coefficient fits the context's precision proves nothing was rounded."""
         if self._odd:
             return None
-        billed = [0] * len(self._slots)
-        seen = [False] * len(self._slots)
-        order: list[int] = []
-        skip = set(exclude)
-        for index, (slot, units) in enumerate(zip(self._slot_of, self._billed, strict=True)):
-            if skip and index in skip:
-                continue
-            if not seen[slot]:
-                seen[slot] = True
-                order.append(slot)
-            billed[slot] += units
+        billed, order = self._slot_sums(exclude)
         sums: dict[str, Decimal] = {}
         precision = decimal.getcontext().prec
         try:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from itertools import islice
 from pathlib import Path
 
 import duckdb
@@ -55,7 +54,8 @@ from smm_pipeline.operations.inbox import (
 )
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.errors import PanelError
-from smm_pipeline.warehouse.balances import previous_currency
+from smm_pipeline.panel.models import Balance
+from smm_pipeline.warehouse.balances import previous_currency, record_balance
 from smm_pipeline.warehouse.catalog import catalog_age, load_catalog
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.orders import (
@@ -118,16 +118,36 @@ def _panels_in_file(content: bytes, settings: Settings) -> list[str]:
     return sorted(named) or sorted(enabled)
 
 
-def _reject(
-    settings: Settings, db_path: Path, source: Path, file_hash: str, errors: list[RowError]
+def _reject_in(
+    conn: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    source: Path,
+    file_hash: str,
+    errors: list[RowError],
 ) -> FileRejected:
+    """Refuse the file: moved to rejected/ beside its errors.csv, recorded as rejected."""
     rejected = reject_file(source, Folders(settings.data_dir), errors, nothing="submitted")
-    with connect(db_path) as conn:
-        record_file(
-            conn, file_hash=file_hash, kind="orders", file_name=source.name,
-            outcome="rejected", rows=0, seen_at=datetime.now(UTC),
-        )  # fmt: skip
+    record_file(
+        conn, file_hash=file_hash, kind="orders", file_name=source.name,
+        outcome="rejected", rows=0, seen_at=datetime.now(UTC),
+    )  # fmt: skip
     return rejected
+
+
+def _catalog(
+    conn: duckdb.DuckDBPyConnection, panels: list[str]
+) -> dict[tuple[str, int], CatalogEntry]:
+    return {
+        key: CatalogEntry(row.as_service(), row.active)
+        for key, row in load_catalog(conn).items()
+        if key[0] in panels
+    }
+
+
+def _record_balances(conn: duckdb.DuckDBPyConnection, fetched: list[tuple[str, Balance]]) -> None:
+    """Append the balances fetched (what `refresh_balance` records for each)."""
+    for panel, balance in fetched:
+        record_balance(conn, panel, balance, datetime.now(UTC))
 
 
 def _currency_errors(
@@ -175,11 +195,23 @@ _CHUNK_ROWS = 20_000
 def _existing_refs(
     conn: duckdb.DuckDBPyConnection, rows: ValidatedRows
 ) -> dict[tuple[str, str], ExistingRef]:
-    """The rows already recorded under the (panel, ref) keys of `rows`."""
+    """The rows already recorded under the (panel, ref) keys of `rows`: the query of
+    `warehouse.orders.existing_refs`, fed by columns a chunk at a time."""
     found: dict[tuple[str, str], ExistingRef] = {}
-    keys = rows.keys()
-    while chunk := list(islice(keys, _CHUNK_ROWS)):
-        found.update(existing_refs(conn, chunk))
+    for start in range(0, len(rows), _CHUNK_ROWS):
+        panels, refs = rows.key_columns(start, start + _CHUNK_ROWS)
+        conn.register("_keys", pd.DataFrame({"panel": panels, "ref": refs}, dtype=object))
+        try:
+            answer = conn.execute(
+                """
+                SELECT o.panel, o.ref, o.submit_state, o.order_id, o.source_file, o.file_hash,
+                    o.estimated_cost
+                FROM orders o JOIN _keys k ON o.panel = k.panel AND o.ref = k.ref
+                """
+            ).fetchall()
+        finally:
+            conn.unregister("_keys")
+        found.update({(r[0], r[1]): ExistingRef(*r) for r in answer})
     return found
 
 
@@ -331,45 +363,57 @@ def prepare_order_file(
         return _redrop(file_name, file_hash, recorded, state[0], log)
     if content is None:
         raise FileNotFoundError(f"{source} is gone; drop the file again to submit it")
-    panels = _panels_in_file(content, settings)
+    # One short connection before validating (catalog ages, the catalog) and one after (the
+    # fresh balances, the refs already handled, the budget, and the outbox or the refusal):
+    # each DuckDB connection costs tens of milliseconds, and none is held during the checks
+    # or across a request to a panel.
+    enabled = settings.panel_names
+    with connect(db_path) as conn:
+        ages = {panel: catalog_age(conn, panel) for panel in enabled}
+        catalog = _catalog(conn, enabled)
+    result = validate_order_file(content, file_name, catalog, settings, {}, content_hash=file_hash)
+    # The panels the file names (what its first reading found); any whose catalog is older
+    # than the limit is refreshed from the panel, and then the file is checked again.
+    panels = result.panels if result.panels is not None else _panels_in_file(content, settings)
     refreshes: list[CatalogRefresh] = []
-    balances: dict[str, tuple[Decimal, str]] = {}
+    fetched: list[tuple[str, Balance]] = []
     problems: list[RowError] = []
     max_age = timedelta(minutes=settings.pipeline.catalog_max_age_minutes)
     for panel in panels:
         client = clients[panel]
         try:
-            with connect(db_path) as conn:
-                age = catalog_age(conn, panel)
+            age = ages[panel]
             if age is None or age > max_age:
                 refreshes.append(refresh_catalog(client, db_path))
                 log(f"{panel}: catalog refreshed ({refreshes[-1].result.services} services)")
-            balance = refresh_balance(client, db_path)
+            fetched.append((panel, client.balance()))
         except PanelError as exc:
             problems.append(
                 RowError(0, "batch", f"panel {panel!r} could not be reached ({exc.message}); "
                          "nothing was submitted: drop the file again later")
             )  # fmt: skip
             continue
-        balances[panel] = (balance.balance, balance.currency)
-    if problems:
-        raise _reject(settings, db_path, source, file_hash, problems)
-
-    with connect(db_path) as conn:
-        catalog = {
-            key: CatalogEntry(row.as_service(), row.active)
-            for key, row in load_catalog(conn).items()
-            if key[0] in panels
-        }
-    result = validate_order_file(
-        content, file_name, catalog, settings, {p: b for p, (b, _) in balances.items()}
-    )
-    errors = [e for e in result.errors if e.column != "batch"]
-    if errors:
-        raise _reject(settings, db_path, source, file_hash, errors)
+    balances = {panel: (b.balance, b.currency) for panel, b in fetched}
+    recorded_balances = False
+    if problems or refreshes:
+        with connect(db_path) as conn:
+            _record_balances(conn, fetched)
+            recorded_balances = True
+            if problems:
+                raise _reject_in(conn, settings, source, file_hash, problems)
+            catalog = _catalog(conn, enabled)
+        del result
+        result = validate_order_file(
+            content, file_name, catalog, settings, {}, content_hash=file_hash
+        )
 
     rows = result.rows
+    errors = [e for e in result.errors if e.column != "batch"]
     with connect(db_path) as conn:
+        if not recorded_balances:
+            _record_balances(conn, fetched)
+        if errors:
+            raise _reject_in(conn, settings, source, file_hash, errors)
         existing = _existing_refs(conn, rows)
         skip: list[int] = []  # rows whose ref was handled by an earlier file
         skipped: list[SkippedRow] = []
@@ -393,18 +437,17 @@ def prepare_order_file(
             {p: b for p, (b, _) in balances.items()},
             reserved_spend(conn, file_hash),
         ) + _currency_errors(conn, balances)
-        if not budget:
-            conn.begin()  # the outbox rows and the file's `accepted` outcome, or neither
-            created_at = datetime.now(UTC)
-            for frame in _outbox_frames(rows, skip, file_name, file_hash):
-                record_pending(conn, frame, created_at)
-            record_file(
-                conn, file_hash=file_hash, kind="orders", file_name=file_name,
-                outcome="accepted", rows=len(rows), seen_at=datetime.now(UTC),
-            )  # fmt: skip
-            conn.commit()
-    if budget:
-        raise _reject(settings, db_path, source, file_hash, budget)
+        if budget:
+            raise _reject_in(conn, settings, source, file_hash, budget)
+        conn.begin()  # the outbox rows and the file's `accepted` outcome, or neither
+        created_at = datetime.now(UTC)
+        for frame in _outbox_frames(rows, skip, file_name, file_hash):
+            record_pending(conn, frame, created_at)
+        record_file(
+            conn, file_hash=file_hash, kind="orders", file_name=file_name,
+            outcome="accepted", rows=len(rows), seen_at=datetime.now(UTC),
+        )  # fmt: skip
+        conn.commit()
     to_submit = len(rows) - len(skip)
     spend = rows.total_cost(skip)
     warnings = [f"row {r.row_number}: {w}" for r in rows.general_rows() for w in r.warnings]

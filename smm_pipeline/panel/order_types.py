@@ -239,6 +239,15 @@ def is_http_url(value: str) -> bool:
 # excludes whitespace), so the lines of a joined text match one by one, exactly as
 # `is_http_url` would match each of them on its own.
 _URL_LINES_RE = re.compile(f"(?:{_URL_RE.pattern})?+(?:\n(?:{_URL_RE.pattern})?+)*+")
+# The same for an ASCII text without "@": no userinfo can match, and among ASCII characters
+# \s is exactly tab, LF, VT, FF, CR, the separators 0x1C-0x1F and space (as str.isspace), so
+# explicit classes (cheaper than \s) and no userinfo attempt give the same answer.
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f "
+_URL_ASCII = (
+    rf"[hH][tT][tT][pP][sS]?+://(?:[^{_SPACE}/?#@:\[\]]++|\[[0-9A-Fa-f:.]++\])"
+    rf"(?::[0-9]*+)?+(?:[/?#][^{_SPACE}]*+)?+"
+)
+_URL_LINES_ASCII_RE = re.compile(f"(?:{_URL_ASCII})?+(?:\n(?:{_URL_ASCII})?+)*+")
 
 
 def all_http_urls(values: Sequence[str]) -> bool:
@@ -248,7 +257,10 @@ def all_http_urls(values: Sequence[str]) -> bool:
     if not values:
         return True
     joined = "\n".join(values)
-    return joined.count("\n") == len(values) - 1 and _URL_LINES_RE.fullmatch(joined) is not None
+    if joined.count("\n") != len(values) - 1:
+        return False
+    lines = _URL_LINES_ASCII_RE if joined.isascii() and "@" not in joined else _URL_LINES_RE
+    return lines.fullmatch(joined) is not None
 
 
 def parse_expiry(value: str) -> date:
