@@ -1,9 +1,9 @@
 """What clients did to the simulated panel, for tests and benchmarks to assert on.
 
 Counts calls per action (every call received), ids per call, errors answered, faults fired,
-the peak of concurrent API requests and the busiest 60-second and 1-second windows: the numbers that prove
-a client batches, stays within its concurrency cap and its request budget, and never submits
-twice.
+the peak of concurrent API requests and the busiest 60-second and 1-second windows: the
+numbers that prove a client batches, stays within its concurrency cap and its request budget,
+and never submits twice.
 """
 
 from __future__ import annotations
