@@ -20,7 +20,9 @@ def tick(
     defs: dg.Definitions, sensor: str, instance: dg.DagsterInstance, cursor: str | None = None
 ):
     """One sensor evaluation right now."""
-    context = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor)
+    context = dg.build_sensor_context(
+        instance=instance, definitions=defs, cursor=cursor, resources=defs.resources
+    )
     return defs.get_sensor_def(sensor).evaluate_tick(context)
 
 

@@ -311,3 +311,49 @@ def test_a_long_submission_on_one_panel_never_holds_up_the_other_panels_runs(tmp
         polled = con.execute("SELECT count(*) FROM orders WHERE status IS NOT NULL").fetchall()
     assert states == [("a", "submitted", ROWS_A), ("b", "submitted", 3)]
     assert polled == [(3,)]
+
+
+def test_the_replica_follows_the_warehouse_within_its_stated_lag(tmp_path, monkeypatch):
+    """Runs publish at most every replica_max_lag_seconds; replica_sensor publishes what the
+    last runs wrote once the replica is that old (from the files' times: no connection)."""
+    import os
+
+    from smm_pipeline.warehouse.snapshot import replica_path
+
+    pipeline = make_pipeline(
+        tmp_path,
+        monkeypatch,
+        [panel_yaml("a", "http://127.0.0.1:9/api/v2")],
+        "pipeline:\n  replica_max_lag_seconds: 60\n",
+    )
+    defs = pipeline.defs()
+    instance = dg.DagsterInstance.ephemeral()
+    with connect(pipeline.db_path) as conn:
+        conn.execute("INSERT INTO balances VALUES ('a', now(), 10, 'USD')")
+    first = tick(defs, "replica_sensor", instance)  # a warehouse and no replica yet
+    (request,) = first.run_requests
+    result = defs.resolve_job_def("publish_replica").execute_in_process(
+        instance=instance, tags=request.tags
+    )
+    assert result.success
+    [published] = [
+        e.event_specific_data.materialization
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+    ]
+    assert published.asset_key == dg.AssetKey("warehouse_replica")
+    assert published.metadata["publish_seconds"].value >= 0
+    assert "current" in tick(defs, "replica_sensor", instance).skip_message
+
+    time.sleep(0.05)
+    with connect(pipeline.db_path) as conn:  # a run writes again, soon after the publish
+        conn.execute("INSERT INTO balances VALUES ('a', now(), 11, 'USD')")
+    assert not tick(defs, "replica_sensor", instance).run_requests  # younger than 60 s
+    replica = replica_path(pipeline.db_path)
+    old = time.time() - 61
+    os.utime(replica, (old, old))
+    os.utime(pipeline.db_path, None)
+    later = tick(defs, "replica_sensor", instance)
+    assert len(later.run_requests) == 1
+    with duckdb.connect(str(replica), read_only=True) as con:  # still the first copy
+        assert con.execute("SELECT count(*) FROM balances").fetchall() == [(1,)]

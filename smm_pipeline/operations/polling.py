@@ -50,6 +50,7 @@ T = TypeVar("T")
 WRITE_BATCH_ROWS = 5_000  # answers per warehouse write
 WRITE_EVERY_SECONDS = 2.0  # a slow (rate-limited) poll still writes what it has this often
 PROGRESS_EVERY_SECONDS = 10.0
+WRITE_QUEUE_CALLS = 64  # answered calls waiting for the writer at most
 
 
 @dataclass
@@ -80,7 +81,9 @@ class _Writer:
         self._write = write
         self._result = result
         self._status_at = status_at
-        self._queue: queue.Queue[list[tuple] | None] = queue.Queue()
+        # Bounded: when the warehouse is slower than the panels, the calls wait for it rather
+        # than piling answers up in memory.
+        self._queue: queue.Queue[list[tuple] | None] = queue.Queue(maxsize=WRITE_QUEUE_CALLS)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="poll-writer", daemon=True)
         self._thread.start()
