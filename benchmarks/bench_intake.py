@@ -17,8 +17,10 @@ Rows carry no ref, so every ref is derived (the slower path). Three measurements
    a 100-row file: the cost of any run. The instance is the ephemeral one `execute_in_process`
    makes by default (`--instance sqlite`: a temporary DAGSTER_HOME with the project's
    dagster.yaml, as under `make run`). Target: >= 100,000 rows/s.
-3. **memory**: for 20,000, 100,000 and 200,000 rows (default: rows / 5, rows, 2 x rows), each
-   in a fresh process: peak RSS (ru_maxrss) after read + validate, then after the whole run.
+3. **memory**: for 20,000, 100,000 and 200,000 rows (default: rows / 5, rows, 2 x rows): peak
+   RSS (VmHWM) of a fresh process that reads + validates the file once, and of another that
+   executes the whole run (the file dropped, the catalog synced and the sensor's request made
+   by this process beforehand); `memory_note` says what grows and why.
 
 Run: `python -m benchmarks.bench_intake [--rows N] [--repeat R] [--instance ephemeral|sqlite]
 [--memory-sizes A,B,C | --no-memory] [--no-run]`. Prints one JSON line and one summary line on
@@ -28,6 +30,7 @@ stdout (the best of R runs is reported, all of them are in the JSON), the detail
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -56,14 +59,17 @@ KEY = "bench-intake-key"
 KEY_ENV = "SMM_BENCH_INTAKE_KEY"
 PROJECT = Path(__file__).resolve().parent.parent
 MEMORY_NOTE = (
-    "What grows with the rows: the file's bytes, held once by the run (about 55 bytes a row "
-    "here: they are hashed, and validated as read); per valid row, its compact columns in "
-    "ValidatedRows (row number, slot, billed units, 12 ref bytes, a reference to its link and "
-    "campaign, and the link's text: about 100 bytes a row), kept until the batch is recorded "
-    "or refused; and while validating, the duplicate-ref index (one key per row, about 100 "
-    "bytes, freed once the file is checked). Batches of 1,024 records, warehouse lookups and "
-    "outbox writes of 20,000 rows, and the Python objects of a row exist only while it is "
-    "handled."
+    "What grows with the rows, and why: the file's bytes, held once by the run (it hashes "
+    "them and validates them as read: about 68 bytes a row here); per valid row, its columns "
+    "in ValidatedRows until the batch is recorded or refused: row number, slot, billed units, "
+    "12 ref bytes, where its link starts, a reference to its campaign label, and its link's "
+    "characters in its batch's text (about 80 bytes a row here; no Python object per row); "
+    "and at the end of the check, one sort of 16-byte ref keys for duplicates (freed "
+    "after). Records are read 1,024 at a time, refs are looked up and outbox rows written "
+    "20,000 at a time. Rows of the types left to the general check (lists, subscriptions, "
+    "unknown types) are kept as objects, about 1 KB a row. Not part of the run: the sensor "
+    "tick that launches it reads the file too (defs/files.py counts its rows on a StringIO "
+    "copy of its text, about 4 bytes a character)."
 )
 
 
@@ -164,6 +170,35 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+_SCRATCH: list[Path] = []
+
+
+def _scratch() -> Path:
+    """A temporary folder removed when this process exits, not before: the shared panel
+    budgets keep a background thread on their folder under SMM_DATA_DIR for the life of the
+    process (removing the folder earlier makes that thread fail loudly)."""
+    if not _SCRATCH:
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="smm-bench-intake-")))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return Path(tempfile.mkdtemp(dir=_SCRATCH[0]))
+
+
+class SimulatorStats:
+    """A simulator started elsewhere (the parent process), seen through its admin API."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def stats(self) -> dict[str, Any]:
+        from smm_pipeline.simulator.testing import SimulatorHandle
+
+        handle = SimulatorHandle(self.url.removesuffix("/api/v2"), (KEY,))
+        try:
+            return handle.stats()
+        finally:
+            handle.close()
+
+
 @contextlib.contextmanager
 def simulator() -> Iterator[Any]:
     """The bundled simulator in its own process with the bench's catalog and 1.00 of balance:
@@ -180,8 +215,9 @@ def simulator() -> Iterator[Any]:
 
 
 class Deployment:
-    """A temporary pipeline (panels.yaml with both panels on the simulator, data folders, a
-    warehouse) and the code location's real definitions."""
+    """A pipeline in `root` (panels.yaml with both panels on the simulator, data folders, a
+    warehouse) and the code location's real definitions; a second process may open the
+    same `root` again."""
 
     def __init__(self, root: Path, sim_url: str, instance_kind: str) -> None:
         import dagster as dg
@@ -207,22 +243,22 @@ class Deployment:
             "SMM_DUCKDB_PATH": str(root / "warehouse.duckdb"),
             KEY_ENV: KEY,
         }
-        with _environment(self.env):
-            self.defs = build_definitions(str(panels), str(root / "warehouse.duckdb"))
-        self.job = self.defs.resolve_job_def("submit_orders")
-        with warnings.catch_warnings():
+        with _environment(self.env), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            self.defs = build_definitions(str(panels), str(root / "warehouse.duckdb"))
+            self.job = self.defs.resolve_job_def("submit_orders")
             self.sensor = self.defs.get_sensor_def("order_csv_sensor")
         if instance_kind == "sqlite":
             home = root / "dagster_home"
-            home.mkdir()
+            home.mkdir(exist_ok=True)
             shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
             self.instance = dg.DagsterInstance.from_config(str(home))
         else:
             self.instance = dg.DagsterInstance.ephemeral()
 
-    def request(self, name: str, rows: int) -> Any:
-        """Drop a `rows`-row file and let order_csv_sensor look twice, one interval apart."""
+    def request(self, name: str, rows: int) -> dict[str, Any]:
+        """Drop a `rows`-row file and let order_csv_sensor look twice, one interval apart:
+        the run config and tags of the run it requests."""
         import dagster as dg
 
         from smm_pipeline.defs.files import SENSOR_INTERVAL_SECONDS, cursor_seen_earlier
@@ -239,11 +275,11 @@ class Deployment:
                 cursor = cursor_seen_earlier(tick.cursor, SENSOR_INTERVAL_SECONDS)
         if len(tick.run_requests) != 1:
             raise SystemExit(f"order_csv_sensor did not launch {name}: {tick.skip_message}")
-        return tick.run_requests[0]
+        request = tick.run_requests[0]
+        return {"name": name, "run_config": request.run_config, "tags": request.tags}
 
-    def run(self, name: str, rows: int, sim: Any) -> float:
-        """Drop, request, and execute one refused run; the seconds of its execution."""
-        request = self.request(name, rows)
+    def execute(self, request: dict[str, Any], sim: Any) -> float:
+        """Execute the requested run (it must be refused); the seconds of its execution."""
         created = sim.stats()["orders_created"]
         # The run's console log (a failed run: its traceback) goes nowhere, as a run worker's
         # does unless someone reads it; the event log keeps everything.
@@ -254,14 +290,18 @@ class Deployment:
         ):
             started = time.perf_counter()
             result = self.job.execute_in_process(
-                run_config=request.run_config,
+                run_config=request["run_config"],
                 instance=self.instance,
-                tags=request.tags,
+                tags=request["tags"],
                 raise_on_error=False,
             )
             seconds = time.perf_counter() - started
-        self._check_refused(name, result, sim.stats()["orders_created"] - created)
+        self._check_refused(request["name"], result, sim.stats()["orders_created"] - created)
         return seconds
+
+    def run(self, name: str, rows: int, sim: Any) -> float:
+        """Drop, request, and execute one refused run; the seconds of its execution."""
+        return self.execute(self.request(name, rows), sim)
 
     def _check_refused(self, name: str, result: Any, sent: int) -> None:
         from smm_pipeline.intake.reports import errors_report_path
@@ -282,76 +322,68 @@ class Deployment:
             raise SystemExit(f"whole run of {name}: " + "; ".join(problems))
 
 
-def whole_run(rows: int, repeat: int, instance_kind: str, sim: Any) -> dict[str, Any]:
+def whole_run(deployment: Deployment, rows: int, repeat: int, sim: Any) -> dict[str, Any]:
     """The whole run's timings (see the module docstring) for a `rows`-row file."""
-    with tempfile.TemporaryDirectory(prefix="smm-bench-intake-") as tmp:
-        deployment = Deployment(Path(tmp), sim.url, instance_kind)
-        deployment.run("warm_up.csv", 200, sim)  # syncs the catalog, warms the imports
-        fixed = [deployment.run(f"fixed_{i}.csv", FIXED_ROWS, sim) for i in range(repeat)]
-        timings = [deployment.run(f"orders_{i}.csv", rows, sim) for i in range(repeat)]
+    fixed = [deployment.run(f"fixed_{i}.csv", FIXED_ROWS, sim) for i in range(repeat)]
+    timings = [deployment.run(f"orders_{i}.csv", rows, sim) for i in range(repeat)]
     best = min(timings)
     return {
         "seconds": round(best, 4),
         "rows_per_s": round(rows / best),
         "all_seconds": [round(t, 4) for t in timings],
         "fixed_seconds": round(min(fixed), 4),
-        "instance": instance_kind,
     }
 
 
-# -- memory, one fresh process per size -----------------------------------------------------
+# -- memory, fresh processes ----------------------------------------------------------------
 
 
-def _child(rows: int, path: Path, sim_url: str, instance_kind: str) -> dict[str, Any]:
-    """In a fresh process: peak RSS before, after read + validate, after the whole run."""
+def _child_validate(rows: int, path: Path) -> dict[str, Any]:
+    """In a fresh process: peak RSS before and after one read + validate."""
     baseline = _peak_rss_mb()
     read_validate(path, rows, 1)
-    after_validate = _peak_rss_mb()
-    record: dict[str, Any] = {
-        "rows": rows,
-        "baseline_rss_mb": baseline,
-        "validate_peak_rss_mb": after_validate,
-    }
-    if sim_url:
-
-        class _Sim:  # the parent's simulator, seen through its admin API
-            url = sim_url
-
-            def stats(self) -> dict[str, Any]:
-                from smm_pipeline.simulator.testing import SimulatorHandle
-
-                handle = SimulatorHandle(sim_url.removesuffix("/api/v2"), (KEY,))
-                try:
-                    return handle.stats()
-                finally:
-                    handle.close()
-
-        with tempfile.TemporaryDirectory(prefix="smm-bench-intake-") as tmp:
-            deployment = Deployment(Path(tmp), sim_url, instance_kind)
-            deployment.run("warm_up.csv", 200, _Sim())
-            before_run = _peak_rss_mb()
-            record["run_seconds"] = round(deployment.run("orders.csv", rows, _Sim()), 4)
-            record["run_start_rss_mb"] = before_run
-            record["run_peak_rss_mb"] = _peak_rss_mb()
-    return record
+    return {"baseline_rss_mb": baseline, "validate_peak_rss_mb": _peak_rss_mb()}
 
 
-def memory(sizes: list[int], sim_url: str, instance_kind: str) -> list[dict[str, Any]]:
+def _child_run(root: Path, request: Path, sim_url: str, instance_kind: str) -> dict[str, Any]:
+    """In a fresh process: the requested run in the pipeline at `root` (its catalog synced,
+    the file in its inbox), peak RSS before the run (imports and definitions) and after."""
+    deployment = Deployment(root, sim_url, instance_kind)
+    before = _peak_rss_mb()
+    seconds = deployment.execute(json.loads(request.read_text()), SimulatorStats(sim_url))
+    return {"run_seconds": round(seconds, 4), "run_start_rss_mb": before,
+            "run_peak_rss_mb": _peak_rss_mb()}  # fmt: skip
+
+
+def _in_child(*args: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.bench_intake", *args]
+    out = subprocess.run(
+        command, cwd=PROJECT, capture_output=True, text=True, check=False, timeout=600
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def memory(
+    sizes: list[int], deployment: Deployment | None, sim: Any, instance_kind: str
+) -> list[dict[str, Any]]:
+    """Per size: read + validate in one fresh process, and the whole run in another on
+    `deployment` (the file dropped and the sensor's request made here, beforehand)."""
     records = []
-    with tempfile.TemporaryDirectory(prefix="smm-bench-intake-") as tmp:
-        for rows in sizes:
-            path = Path(tmp) / f"orders_{rows}.csv"
-            write_file(path, rows)
-            command = [sys.executable, "-m", "benchmarks.bench_intake", "--child", str(rows),
-                       "--file", str(path), "--sim-url", sim_url,
-                       "--instance", instance_kind]  # fmt: skip
-            out = subprocess.run(
-                command, cwd=PROJECT, capture_output=True, text=True, check=False, timeout=600
-            )
-            if out.returncode != 0:
-                raise SystemExit(f"memory child for {rows} rows failed: {out.stderr[-2000:]}")
-            records.append(json.loads(out.stdout.splitlines()[-1]))
-            path.unlink()
+    folder = _scratch()
+    for rows in sizes:
+        path = folder / f"orders_{rows}.csv"
+        write_file(path, rows)
+        record: dict[str, Any] = {"rows": rows, **_in_child("--child-validate", str(rows),
+                                                            "--file", str(path))}  # fmt: skip
+        path.unlink()
+        if deployment is not None:
+            request = folder / f"request_{rows}.json"
+            request.write_text(json.dumps(deployment.request(f"memory_{rows}.csv", rows)))
+            record.update(_in_child("--child-run", str(deployment.root), "--file", str(request),
+                                    "--sim-url", sim.url, "--instance", instance_kind))  # fmt: skip
+        records.append(record)
     return records
 
 
@@ -374,12 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-sizes", help="rows per fresh process, e.g. 20000,100000")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory processes")
     parser.add_argument("--no-run", action="store_true", help="read + validate only")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-validate", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-run", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sim-url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child is not None:
-        print(json.dumps(_child(args.child, args.file, args.sim_url, args.instance)))
+    if args.child_validate is not None:
+        print(json.dumps(_child_validate(args.child_validate, args.file)))
+        return 0
+    if args.child_run is not None:
+        print(json.dumps(_child_run(args.child_run, args.file, args.sim_url, args.instance)))
         return 0
     rows, repeat = args.rows, max(args.repeat, 1)
     if args.memory_sizes:
@@ -404,14 +440,18 @@ def main(argv: list[str] | None = None) -> int:
                >= READ_VALIDATE_TARGET}  # fmt: skip
     if not (args.no_run and args.no_memory):
         with simulator() as sim:
+            deployment = None
             if not args.no_run:
-                record["whole_run"] = whole_run(rows, repeat, args.instance, sim)
+                deployment = Deployment(_scratch(), sim.url, args.instance)
+                deployment.run("warm_up.csv", 200, sim)  # syncs the catalog, warms imports
+                record["whole_run"] = whole_run(deployment, rows, repeat, sim)
+                record["whole_run"]["instance"] = args.instance
                 targets[f"whole run >= {WHOLE_RUN_TARGET} rows/s"] = (
                     record["whole_run"]["rows_per_s"] >= WHOLE_RUN_TARGET
                 )
                 record["whole_run"]["sent"] = sim.stats()["orders_created"]
             if not args.no_memory:
-                record["memory"] = memory(sizes, "" if args.no_run else sim.url, args.instance)
+                record["memory"] = memory(sizes, deployment, sim, args.instance)
                 record["memory_growth_mb_per_100k_rows"] = {
                     "read_validate": _growth_per_100k(record["memory"], "validate_peak_rss_mb"),
                     "whole_run": _growth_per_100k(record["memory"], "run_peak_rss_mb"),

@@ -20,6 +20,7 @@ import csv
 import difflib
 import hashlib
 import io
+import re
 from collections.abc import Collection, Iterator
 from itertools import chain, islice
 from operator import itemgetter
@@ -225,6 +226,18 @@ def decode_csv(content: bytes) -> tuple[str | None, list[RowError]]:
     return text, []
 
 
+# ASCII whitespace as str.isspace sees it (0x1C-0x1F included).
+_ASCII_BLANK = re.compile(rb"[ \t\n\r\x0b\x0c\x1c-\x1f]*")
+
+
+def _text_errors(content: bytes) -> list[RowError]:
+    """`decode_csv`'s errors. An ASCII file (no BOM, valid UTF-8 by construction) is checked
+    on its bytes for NUL and emptiness without building its text, a copy as large as it."""
+    if content.isascii() and b"\0" not in content and not _ASCII_BLANK.fullmatch(content):
+        return []
+    return decode_csv(content)[1]
+
+
 def _encoding_error(content: bytes, offset: int, exc: UnicodeDecodeError) -> RowError:
     start = offset + exc.start
     before = content[offset:start].decode("utf-8")
@@ -253,10 +266,10 @@ def read_csv_table(
     columns) return no table. Otherwise the table streams its records; record problems
     (ragged rows) are appended to the returned `errors` and those records skipped, so the
     caller can still check the rest and show every problem at once."""
-    text, errors = decode_csv(content)
-    if text is None:
+    errors = _text_errors(content)
+    if errors:
         return None, errors
-    del text  # checked; the reader decodes the bytes again as it goes (utf-8-sig: no BOM)
+    # The reader decodes the bytes as it goes (utf-8-sig: without the BOM).
     lines = io.TextIOWrapper(io.BytesIO(content), encoding="utf-8-sig", newline="")
     reader = csv.reader(lines, strict=True)
     try:

@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from hashlib import sha256
 from heapq import merge
-from itertools import repeat
+from itertools import accumulate, islice, repeat
 from operator import attrgetter, ge, itemgetter, le, methodcaller
 from sys import intern
 
@@ -50,6 +50,7 @@ from smm_pipeline.panel.order_types import (
     OrderFieldError,
     Pricing,
     all_http_urls,
+    http_url_lines,
     is_http_url,
     unit_price,
 )
@@ -321,7 +322,8 @@ class _FileCheck:
             fasts.append(fast)
         model = fasts[0]  # every Default target has the same plan under one header
         links = list(map(str.strip, map(itemgetter(model.link), entries)))
-        if not (all(links) and all_http_urls(links)):
+        joined = "\n".join(links)  # kept as the rows' links: no per-row string
+        if not (all(links) and http_url_lines(joined, count) and len(joined) < 1 << 32):
             return False
         quantities = list(map(str.strip, map(itemgetter(model.quantity), entries)))
         if not _all_plain_numbers(quantities):
@@ -357,7 +359,8 @@ class _FileCheck:
             campaigns = list(
                 map(intern, map(str.strip, map(itemgetter(self.campaign_at), entries)))
             )
-        self.rows.extend(first, slots, numbers, digests, links, campaigns)
+        starts = islice(accumulate(map((1).__add__, map(len, links)), initial=0), count)
+        self.rows.extend(first, slots, numbers, digests, joined, starts, campaigns)
         return True
 
     def rows_one_by_one(self, first: int, entries: list, regular: bool) -> None:

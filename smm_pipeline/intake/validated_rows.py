@@ -73,7 +73,9 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         "_digests",
         "_general",
         "_intervals",
-        "_links",
+        "_text_at",
+        "_text_of",
+        "_texts",
         "_numbers",
         "_odd",
         "_runs",
@@ -90,7 +92,11 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         self._slot_of = array("I")
         self._billed = array("q")
         self._digests = bytearray()
-        self._links: list[str | None] = []
+        # Links by reference into texts: a batch's links joined by line feeds (no link holds
+        # one), or one link; a row's link starts at _text_at in _texts[_text_of].
+        self._texts: list[str] = []
+        self._text_of = array("I")
+        self._text_at = array("I")
         self._campaigns: list[str] = []
         self._runs: array | None = None  # drip-feed runs and interval, once a row has them
         self._intervals: array | None = None
@@ -110,11 +116,16 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         self._slot_of.append(slot)
         self._billed.append(billed)
         self._digests += digest
-        self._links.append(link)
+        self._add_link(link)
         self._campaigns.append(campaign)
         if self._runs is not None:
             self._runs.append(0)
             self._intervals.append(0)  # type: ignore[union-attr]
+
+    def _add_link(self, link: str) -> None:
+        self._text_of.append(len(self._texts))
+        self._text_at.append(0)
+        self._texts.append(link)
 
     def extend(
         self,
@@ -122,17 +133,21 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         slots: Iterable[int],
         billed: Sequence[int],
         digests: Iterable[bytes],
-        links: list[str],
+        links: str,
+        starts: Iterable[int],
         campaigns: list[str],
     ) -> None:
         """A batch of consecutive Default-type rows without drip-feed from row `first` on,
-        like `add` for each (the iterables are as long as `billed`)."""
+        like `add` for each (the iterables are as long as `billed`): their links are the
+        lines of `links`, starting at `starts`."""
         count = len(billed)
         self._numbers.extend(range(first, first + count))
         self._slot_of.extend(slots)
         self._billed.extend(billed)
         self._digests += b"".join(digests)
-        self._links.extend(links)
+        self._text_of.frombytes(array("I", [len(self._texts)]).tobytes() * count)
+        self._text_at.extend(starts)
+        self._texts.append(links)
         self._campaigns.extend(campaigns)
         if self._runs is not None:
             self._runs.frombytes(bytes(8 * count))
@@ -157,7 +172,7 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         self._slot_of.append(slot)
         self._billed.append(quantity * runs)
         self._digests += digest
-        self._links.append(link)
+        self._add_link(link)
         self._campaigns.append(campaign)
         self._runs.append(runs)
         self._intervals.append(interval)  # type: ignore[union-attr]
@@ -178,7 +193,8 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         else:
             self._billed.append(billed)
         self._digests += key
-        self._links.append(None)
+        self._text_of.append(0)  # not read: the row is kept whole
+        self._text_at.append(0)
         self._campaigns.append("")
         if self._runs is not None:
             self._runs.append(0)
@@ -238,7 +254,8 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         self._digests = bytearray(
             b"".join(self._digests[i * width : (i + 1) * width] for i in keep)
         )
-        self._links = list(map(self._links.__getitem__, keep))
+        self._text_of = array("I", map(self._text_of.__getitem__, keep))
+        self._text_at = array("I", map(self._text_at.__getitem__, keep))
         self._campaigns = list(map(self._campaigns.__getitem__, keep))
         if self._runs is not None:
             self._runs = array("q", map(self._runs.__getitem__, keep))
@@ -298,7 +315,10 @@ class ValidatedRows(Sequence[ValidatedOrder]):
         if general is not None:
             return general
         slot = self._slots[self._slot_of[index]]
-        link = self._links[index]
+        text = self._texts[self._text_of[index]]
+        start = self._text_at[index]
+        end = text.find("\n", start)
+        link = text[start:] if end < 0 else text[start:end]
         billed = self._billed[index]
         sid = str(slot.service_id)
         runs = 0 if self._runs is None else self._runs[index]
@@ -321,7 +341,7 @@ class ValidatedRows(Sequence[ValidatedOrder]):
             slot.service_type,
             link,
             billed,
-            params,  # type: ignore[arg-type]  # link is set on every fast row
+            params,
             MONEY.multiply(slot.unit, billed),
             self._campaigns[index] or None,
             (),

@@ -54,6 +54,7 @@ __all__ = [
     "FieldLayout",
     "all_http_urls",
     "build_add_params",
+    "http_url_lines",
     "estimate_cost",
     "format_money",
     "is_http_url",
@@ -254,10 +255,12 @@ def all_http_urls(values: Sequence[str]) -> bool:
     """True when every non-empty value is an http(s) URL (`is_http_url`), in one regex pass
     over the values joined (a per-value call costs more than the match itself). False when
     some value is not, or holds a line feed: then check them one by one."""
-    if not values:
-        return True
-    joined = "\n".join(values)
-    if joined.count("\n") != len(values) - 1:
+    return not values or http_url_lines("\n".join(values), len(values))
+
+
+def http_url_lines(joined: str, count: int) -> bool:
+    """`all_http_urls` of `count` values given joined by line feeds."""
+    if joined.count("\n") != count - 1:
         return False
     lines = _URL_LINES_ASCII_RE if joined.isascii() and "@" not in joined else _URL_LINES_RE
     return lines.fullmatch(joined) is not None
