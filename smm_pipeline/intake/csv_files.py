@@ -7,10 +7,11 @@ empty, as spreadsheets export them) are skipped but still counted, so row number
 records a user sees. A record with extra cells is ragged unless the extra cells are empty.
 Everything works on bytes already read: this module never opens a file.
 
-Records are parsed by the csv module's C reader in batches and streamed: the file's bytes are
-decoded piece by piece as the reader goes (never copied whole into a text buffer, which
-`io.StringIO` would hold at 4 bytes per character), and no record outlives its batch unless
-the caller keeps it.
+Records are read in batches and streamed: the file's bytes are decoded piece by piece as they
+are read (never copied whole into a text buffer, which `io.StringIO` would hold at 4 bytes per
+character), lines without a quote are split at commas (what the csv module's reader would
+make of them) and the csv module reads the rest, and no record outlives its batch unless the
+caller keeps it.
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ class _Records:
         """Append up to `size` records to `into`; a csv.Error leaves those read before it."""
         if self._reader is None:
             lines = list(islice(self._lines, size))
-            if '"' not in "".join(lines) and max(map(len, lines), default=0) <= _CELL_LIMIT:
+            longest = max(map(len, lines), default=0)
+            if '"' not in "".join(lines) and longest <= csv.field_size_limit():
                 self._read += len(lines)
                 into.extend([line.rstrip("\r\n").split(",") for line in lines])
                 return

@@ -13,13 +13,17 @@ dropped again, in any file, gets the same ref, which is what makes re-drops harm
 means two identical rows without refs in one file are a duplicate error: to order the same
 thing twice on purpose, give each row its own ref.
 
-Speed. Rows are read in batches from the csv module's C reader. A row of a Default-type
-service whose cells are already in their normal form (a trimmed http(s) link, a quantity and
-any runs/interval as plain digits) is checked by a fast path that builds no object for it:
-the links of a batch are matched in one regex pass, the ref is hashed from the cells as they
-are, and the row is kept by column in `ValidatedRows`. Every other row (other types, any
-problem, anything to normalise) goes through the general check, which reports its errors; the
-fast path only takes rows the general check would accept, with the same ref, params and cost.
+Speed and memory. Records come in batches (`CsvTable.batches`). A batch whose rows are all
+plain Default-type rows (cells already in normal form: a trimmed http(s) link, a quantity in
+plain digits within the service's limits, no drip-feed, no user ref, nothing in a column the
+type does not take) is checked column by column in C (`_FileCheck.whole`: one regex pass for
+the batch's links and one for its quantities, refs hashed from the cells as they are); in the
+other batches such rows take the same fast path one at a time. Every other row (other types,
+any problem to report, anything to normalise) goes through the general check, unchanged,
+which reports its errors. The fast path takes only rows the general check would accept, with
+the same ref, params and cost (`validate_order_file(..., fast=False)` checks every row the
+general way: tests compare the two). Rows are kept by column (`ValidatedRows`), not as objects,
+and duplicate refs are found by one sort once every row is checked.
 """
 
 from __future__ import annotations
