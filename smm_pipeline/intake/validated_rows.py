@@ -4,14 +4,16 @@ A 100,000-row file must not cost 100,000 sets of Python objects (a tuple, a dict
 ref string, a Decimal...) alive until the file is recorded: memory would grow by about a
 kilobyte a row. `ValidatedRows` keeps, for each row the fast path checked, its row number,
 its *slot* (the panel, service and pricing it was checked and priced against), its billed
-units and the 12 bytes of its derived ref in flat arrays, and its link and campaign by
-reference; the row's `ValidatedOrder` is built only when it is read, the same every time.
-Rows of the types the fast path leaves to the general check (lists, subscriptions, unknown
-types...) are kept as the `ValidatedOrder` built for them.
+units and the 12 bytes of its ref (a derived ref's own; a user's ref is kept as text too) in
+flat arrays, its campaign by reference, and its link as characters of its batch's links
+joined: no Python object of its own. The row's `ValidatedOrder` is built only when it is
+read, the same every time. Rows of the types the fast path leaves to the general check
+(lists, subscriptions, unknown types...) are kept as the `ValidatedOrder` built for them.
 
 Totals are computed from the billed units of each slot and come out exactly as the
 row-by-row sums `budget.panel_totals` and `sum()` would give them, digit for digit (see
-`_exact_sums`; a case it cannot prove falls back to the row-by-row sum).
+`_exact_sums`; a case it cannot prove falls back to the row-by-row sum). Duplicate refs are
+found by one sort of every row's (panel, ref bytes) (`duplicates`).
 """
 
 from __future__ import annotations
