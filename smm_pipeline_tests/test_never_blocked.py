@@ -357,3 +357,55 @@ def test_the_replica_follows_the_warehouse_within_its_stated_lag(tmp_path, monke
     assert len(later.run_requests) == 1
     with duckdb.connect(str(replica), read_only=True) as con:  # still the first copy
         assert con.execute("SELECT count(*) FROM balances").fetchall() == [(1,)]
+
+
+def test_the_status_sensor_trusts_the_freshest_reading_of_each_panel(tmp_path, monkeypatch):
+    """Runs overlap, so an older reading of the warehouse can be logged after a newer one:
+    the sensor takes each panel's freshest reading, not the last one logged."""
+    pipeline = make_pipeline(tmp_path, monkeypatch, [panel_yaml("a", "http://127.0.0.1:9/api/v2")])
+    defs = pipeline.defs()
+    instance = dg.DagsterInstance.ephemeral()
+    now = time.time()
+
+    def reading(open_orders: int, due_at: float, as_of: float) -> dg.AssetMaterialization:
+        entry = {"open": open_orders, "next_due_at": due_at, "as_of": as_of}
+        return dg.AssetMaterialization(
+            "orders",
+            metadata={
+                "open_orders": open_orders,
+                "due_by_panel": dg.MetadataValue.json({"a": entry}),
+            },
+        )
+
+    instance.report_runless_asset_event(reading(5, now - 10, as_of=now))  # read last
+    instance.report_runless_asset_event(reading(0, 0.0, as_of=now - 5))  # read first, logged last
+    (request,) = tick(defs, "order_status_sensor", instance).run_requests
+    assert request.tags[PANEL_TAG] == "a"
+
+
+def test_a_poll_whose_answers_cannot_be_written_stops_sending(tmp_path: Path) -> None:
+    from smm_pipeline.operations.polling import PollWriteError, fan_out, observation_rows
+
+    with running_simulator(keys=(TEST_KEY,), latency_ms=100) as sim:
+        setup = PanelConfig(name="setup", url=sim.url, key_env="K", rate_limit_per_minute=60000)
+        with PanelClient(setup, Secret(TEST_KEY)) as placer:
+            ids = [placer.add({"service": "1", "link": f"https://x.com/w{i}", "quantity": "100"})
+                   for i in range(5)]  # fmt: skip
+        config = PanelConfig(name="w", url=sim.url, key_env="K", rate_limit_per_minute=60000,
+                             max_concurrency=2)  # fmt: skip
+        sim.reset_stats()
+
+        def write(rows: list[tuple]) -> tuple[int, int]:
+            raise OSError("disk full")
+
+        with (
+            PanelClient(config, Secret(TEST_KEY)) as client,
+            pytest.raises(PollWriteError, match="disk full"),
+        ):
+            # 60 calls of the same ids at 2 at once and 100 ms: about 3 s if all were sent;
+            # the writer fails at its first write, after 2 s.
+            fan_out({"w": client}, {"w": ids * 1200}, PanelClient.status_chunk,
+                    observation_rows, write, status_at=2, what="status",
+                    progress=lambda _: None)  # fmt: skip
+        calls = sim.stats()["calls"].get("status", 0)
+    assert calls < 60, calls

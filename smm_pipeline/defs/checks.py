@@ -76,36 +76,44 @@ def order_checks(
 ) -> Iterator[dg.AssetCheckResult]:
     hours = panels.settings().pipeline.stuck_order_hours
     selected = {key.name for key in context.selected_asset_check_keys}
+    results = []  # gathered first: the warehouse is not held while Dagster stores events
     with warehouse.connect() as conn:
         if "ambiguous_submissions" in selected:
-            yield _result(
-                "ambiguous_submissions",
-                ambiguous_submissions(
-                    conn, live_claims=live_claim_ids(journal_dir(warehouse.db_path))
-                ),
-                "no request with an unknown outcome",
-                "{n} request(s) with an unknown outcome: ambiguous orders: check each on the "
-                "panel, then attach, resubmit or abandon it with resolve_ambiguous_orders; "
-                "sending/pending orders (left by a dead run): re-execute the submit_orders run "
-                "of their file, or resubmit/abandon them with resolve_ambiguous_orders; "
-                "refills/cancels: check the order on the panel and drop a new file if needed",
+            results.append(
+                _result(
+                    "ambiguous_submissions",
+                    ambiguous_submissions(
+                        conn, live_claims=live_claim_ids(journal_dir(warehouse.db_path))
+                    ),
+                    "no request with an unknown outcome",
+                    "{n} request(s) with an unknown outcome: ambiguous orders: check each on the "
+                    "panel, then attach, resubmit or abandon it with resolve_ambiguous_orders; "
+                    "sending/pending orders (left by a dead run): re-execute the submit_orders run "
+                    "of their file, or resubmit/abandon them with resolve_ambiguous_orders; "
+                    "refills/cancels: check the order on the panel and drop a new file if needed",
+                )
             )
         if "stuck_orders" in selected:
-            yield _result(
-                "stuck_orders",
-                stuck_orders(conn, hours),
-                f"no order unfinished for more than {hours:g} h",
-                f"{{n}} order(s) unfinished for more than {hours:g} h",
-                dg.AssetCheckSeverity.WARN,
+            results.append(
+                _result(
+                    "stuck_orders",
+                    stuck_orders(conn, hours),
+                    f"no order unfinished for more than {hours:g} h",
+                    f"{{n}} order(s) unfinished for more than {hours:g} h",
+                    dg.AssetCheckSeverity.WARN,
+                )
             )
         if "orders_on_vanished_services" in selected:
-            yield _result(
-                "orders_on_vanished_services",
-                orders_on_vanished_services(conn),
-                "no open order on a vanished service",
-                "{n} open order(s) on services that vanished from their panel's catalog",
-                dg.AssetCheckSeverity.WARN,
+            results.append(
+                _result(
+                    "orders_on_vanished_services",
+                    orders_on_vanished_services(conn),
+                    "no open order on a vanished service",
+                    "{n} open order(s) on services that vanished from their panel's catalog",
+                    dg.AssetCheckSeverity.WARN,
+                )
             )
+    yield from results
 
 
 order_checks_job = dg.define_asset_job(

@@ -36,12 +36,15 @@ IN_FLIGHT_STATUSES = [
 
 
 def due_metadata(by_panel: Mapping[str, tuple[int, datetime | None]]) -> dict:
-    """What the status sensors read: open count and next due time, in all and per panel."""
+    """What the status sensors read: open count and next due time, in all and per panel
+    (every enabled panel, 0 when nothing is open), each entry with the time it was read
+    (`as_of`), since runs that overlap may log their materializations out of order."""
     open_total = sum(n for n, _ in by_panel.values())
     dues = [d for n, d in by_panel.values() if n and d is not None]
     next_due = min(dues) if dues else None
+    as_of = time.time()
     per_panel = {
-        p: {"open": n, "next_due_at": d.timestamp() if d else 0.0}
+        p: {"open": n, "next_due_at": d.timestamp() if d else 0.0, "as_of": as_of}
         for p, (n, d) in sorted(by_panel.items())
     }
     return {
@@ -73,15 +76,18 @@ def orders_materialization(
 
 
 def polled_panels(context: dg.OpExecutionContext, settings: Settings) -> list[str]:
-    """The panels this poll run is for: its `smm/panel` tag, else every enabled one."""
+    """The panels this poll run is for: its `smm/panel` tag, else every enabled one. A tag
+    naming a panel that is not enabled (disabled since the sensor saw it) polls nothing; the
+    run still reports the open orders of the enabled panels, so the sensor stops asking."""
     tagged = context.run.tags.get(PANEL_TAG)
     if tagged is None:
         return list(settings.panel_names)
     if tagged not in settings.panel_names:
-        raise dg.Failure(
+        context.log.warning(
             f"tag {PANEL_TAG}={tagged!r} names no enabled panel (enabled: "
-            f"{', '.join(settings.panel_names)}); nothing was polled"
+            f"{', '.join(settings.panel_names)}): nothing is polled"
         )
+        return []
     return [tagged]
 
 
@@ -157,11 +163,33 @@ def poll_order_statuses():
     poll_due_orders()
 
 
-def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict | None:
-    event = instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
+MERGED_MATERIALIZATIONS = 10  # the latest this many `orders`/`refills` events are merged
+
+
+def _due_by_panel(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict | None:
+    """Per panel of the latest materialization of `key` (the enabled panels when it was
+    written), the freshest entry (by `as_of`) among the last few materializations:
+    {panel: {"open", "next_due_at"}}; None when there is none yet. A materialization written
+    before per-panel polls counts as one entry for every panel (key None)."""
+    records = instance.fetch_materializations(key, limit=MERGED_MATERIALIZATIONS).records
+    if not records:
         return None
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    merged: dict = {}
+    for index, record in enumerate(records):  # newest first
+        meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+        entries = meta.get("due_by_panel")
+        if not isinstance(entries, dict):
+            if index == 0:
+                merged[None] = {"open": meta.get("open_orders") or 0,
+                                "next_due_at": meta.get("next_poll_due_at") or 0.0}  # fmt: skip
+            break
+        for panel, entry in entries.items():
+            if index > 0 and panel not in merged:
+                continue  # no longer an enabled panel
+            seen = merged.get(panel)
+            if seen is None or entry.get("as_of", 0.0) > seen.get("as_of", 0.0):
+                merged[panel] = entry
+    return merged
 
 
 def _busy_panels(instance: dg.DagsterInstance, job_name: str) -> set[str] | None:
@@ -186,16 +214,13 @@ def due_poll_requests(
     what: str,
     retry_seconds: float,
 ) -> dg.SensorResult | dg.SkipReason:
-    """One run request per panel whose next poll is due, by the latest materialization of
+    """One run request per panel whose next poll is due, by the latest materializations of
     `key`, unless a poll of that panel is already queued or running."""
-    meta = _latest_metadata(instance, key)
-    if meta is None:
+    by_panel = _due_by_panel(instance, key)
+    if by_panel is None:
         return dg.SkipReason(f"no {what} recorded yet")
-    if not meta.get("open_orders"):
+    if not any(int(entry.get("open") or 0) for entry in by_panel.values()):
         return dg.SkipReason(f"no unfinished {what}")
-    by_panel = meta.get("due_by_panel")
-    if not isinstance(by_panel, dict):  # written before per-panel polls: one run for all
-        by_panel = {None: {"open": meta["open_orders"], "next_due_at": meta["next_poll_due_at"]}}
     busy = _busy_panels(instance, job_name)
     now = time.time()
     # A failed poll leaves the same due time: the slot lets it be retried once per interval.

@@ -6,6 +6,8 @@ the latest `refills` materialization's metadata from the instance (open refills,
 and never opens DuckDB or calls a panel; every writer of `refills` reports one.
 """
 
+from collections.abc import Collection
+
 import dagster as dg
 
 from smm_pipeline.config import Settings
@@ -62,14 +64,21 @@ def _cadence(settings: Settings) -> Cadence:
 
 
 def refills_materialization(
-    warehouse: WarehouseResource, cadence: Cadence, description: str, **metadata
+    warehouse: WarehouseResource,
+    cadence: Cadence,
+    description: str,
+    *,
+    enabled: Collection[str],
+    **metadata,
 ) -> dg.AssetMaterialization:
     """A `refills` materialization carrying what refill_status_sensor needs (`due_poll_requests`
     reads `open_orders`, here the open refills, and `due_by_panel`)."""
     with warehouse.connect() as conn:
-        by_panel = open_refills_summary_by_panel(conn, cadence)
+        found = open_refills_summary_by_panel(conn, cadence)
         latest = refill_rows(conn)
         total = count_requests(conn, "refills")
+    # Enabled panels only (a disabled panel's refills are never polled), each of them listed.
+    by_panel = {p: found.get(p, (0, None)) for p in enabled}
     return dg.AssetMaterialization(
         asset_key=REFILLS_KEY,
         description=description,
@@ -132,6 +141,7 @@ def request_refill_file(
             warehouse,
             cadence,
             f"refill file {summary.file_name}",
+            enabled=settings.panel_names,
             file=summary.file_name,
             submitted=summary.count("submitted"),
             ambiguous=summary.count("ambiguous"),
@@ -235,6 +245,7 @@ def poll_due_refills(
             warehouse,
             cadence,
             "refill status poll",
+            enabled=settings.panel_names,
             polled=report.polled,
             changed=report.changed,
             status_calls=report.calls,

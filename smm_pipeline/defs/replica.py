@@ -7,6 +7,8 @@ looks at the two files' modification times only (no DuckDB connection, SPEC §4)
 at least that old. Each publish is a `warehouse_replica` materialization carrying its cost.
 """
 
+import time
+
 import dagster as dg
 
 from smm_pipeline.defs.resources import REPLICA_KEY, PanelsResource, WarehouseResource
@@ -50,7 +52,9 @@ def replica_sensor(
     if not replica_is_stale(warehouse.db_path, max_lag):
         return dg.SkipReason(f"the replica is current, or younger than {max_lag} s")
     changed = warehouse_mtime(warehouse.db_path) or 0.0
-    return dg.RunRequest(run_key=f"replica:{changed:.3f}")
+    # A publish that failed is tried again in the next slot: a run key is never run twice.
+    slot = int(time.time() // max(30.0, max_lag))
+    return dg.RunRequest(run_key=f"replica:{changed:.3f}:{slot}")
 
 
 replica_defs = dg.Definitions(

@@ -379,6 +379,7 @@ def prepare_order_file(
     fetched: list[tuple[str, Balance]] = []
     problems: list[RowError] = []
     max_age = timedelta(minutes=settings.pipeline.catalog_max_age_minutes)
+    balance_read_at = datetime.now(UTC)  # rows other runs submit from now on are reserved
     for panel in panels:
         client = clients[panel]
         try:
@@ -435,7 +436,7 @@ def prepare_order_file(
             rows.panel_totals(skip),
             settings,
             {p: b for p, (b, _) in balances.items()},
-            reserved_spend(conn, file_hash),
+            reserved_spend(conn, file_hash, balance_read_at),
         ) + _currency_errors(conn, balances)
         if budget:
             raise _reject_in(conn, settings, source, file_hash, budget)

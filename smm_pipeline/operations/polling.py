@@ -18,6 +18,7 @@ orders of a disabled or removed panel are logged each run and left as they are."
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -69,6 +70,11 @@ class FanOut:
     statuses: Counter[str] = field(default_factory=Counter)
 
 
+class PollWriteError(RuntimeError):
+    """The warehouse refused a batch of answers: the poll stops sending (what was written
+    stays; the rest stays due)."""
+
+
 class _Writer:
     """One thread writing batches of answer rows, each in its own short connection."""
 
@@ -90,7 +96,7 @@ class _Writer:
 
     def add(self, rows: list[tuple]) -> None:
         if self._error is not None:
-            raise self._error
+            raise PollWriteError(f"the poll's answers could not be written: {self._error}")
         self._queue.put(rows)
 
     def _run(self) -> None:
@@ -131,13 +137,15 @@ class _Writer:
         self._queue.put(None)
         self._thread.join()
         if self._error is not None:
-            raise self._error
+            raise PollWriteError(
+                f"the poll's answers could not be written: {self._error}"
+            ) from self._error
 
 
 def fan_out(
     clients: Mapping[str, PanelClient],
     ids_by_panel: Mapping[str, Sequence[int]],
-    fetch: Callable[[PanelClient, list[int]], Mapping[int, T]],
+    fetch: Callable[[PanelClient, list[int], Callable[[], None]], Mapping[int, T]],
     rows_of: Callable[[str, Mapping[int, T]], list[tuple]],
     write: Callable[[list[tuple]], tuple[int, int]],
     *,
@@ -146,12 +154,15 @@ def fan_out(
     progress: Callable[[str], None],
 ) -> FanOut:
     """Poll `ids_by_panel` (in the order given: most-overdue first) with `fetch` (one call of
-    at most 100 ids) and write the answers with `write` as they come (see the module
-    docstring). `rows_of` turns one call's answers into rows; `status_at` is the index of the
-    status in a row (for the tally)."""
+    at most 100 ids; it calls its third argument once the call holds its budget) and write
+    the answers with `write` as they come (see the module docstring). `rows_of` turns one
+    call's answers into rows; `status_at` is the index of the status in a row (for the
+    tally). A panel's calls take their budget in order, so when it runs short the calls
+    left out are the last ones: the least overdue."""
     result = FanOut()
     writer = _Writer(write, result, status_at)
     lock = threading.Lock()
+    abort = threading.Event()  # the writer failed, or the run is stopping: send no more
     started = time.perf_counter()
     calls_before = sum(c.total_calls for c in clients.values())
 
@@ -161,29 +172,46 @@ def fan_out(
         stop = threading.Event()
         counts = {"done": 0, "answered": 0}
         last_report = [time.monotonic()]
+        turn = threading.Condition()
+        started = [0]  # calls that took their budget (or gave up) so far, in order
 
-        def one(chunk: list[int]) -> Mapping[int, T] | PanelError | None:
-            if stop.is_set():
-                return None  # not sent: left due
+        def one(indexed: tuple[int, list[int]]) -> Mapping[int, T] | Exception | None:
+            index, chunk = indexed
+            with turn:  # the call before this one has its budget first
+                while started[0] < index and not (stop.is_set() or abort.is_set()):
+                    turn.wait(0.1)
+
+            def has_budget() -> None:
+                with turn:
+                    started[0] = max(started[0], index + 1)
+                    turn.notify_all()
+
             try:
-                return fetch(client, chunk)
-            except PanelError as exc:  # BudgetExhausted included: nothing was sent
+                if stop.is_set() or abort.is_set():
+                    return None  # not sent: left due
+                return fetch(client, chunk, has_budget)
+            except Exception as exc:  # BudgetExhausted included: nothing was sent
                 stop.set()
                 return exc
+            finally:
+                has_budget()
 
-        for chunk, answer in client.map_concurrent(one, chunks):
+        for (_, chunk), answer in client.map_concurrent(one, list(enumerate(chunks))):
             if isinstance(answer, BudgetExhausted) or answer is None:
                 with lock:
                     result.deferred[panel] = result.deferred.get(panel, 0) + len(chunk)
                 continue
-            if isinstance(answer, PanelError):
+            if isinstance(answer, BaseException):  # this panel stops; the others go on
+                message = answer.message if isinstance(answer, PanelError) else repr(answer)
                 with lock:
-                    result.failed_panels.setdefault(panel, answer.message)
+                    result.failed_panels.setdefault(panel, message)
                     result.deferred[panel] = result.deferred.get(panel, 0) + len(chunk)
                 continue
-            if isinstance(answer, BaseException):
-                raise answer
-            writer.add(rows_of(panel, answer))
+            try:
+                writer.add(rows_of(panel, answer))
+            except BaseException:
+                abort.set()
+                raise
             counts["done"] += 1
             counts["answered"] += len(answer)
             if time.monotonic() - last_report[0] >= PROGRESS_EVERY_SECONDS:
@@ -204,11 +232,20 @@ def fan_out(
     panels = [p for p in ids_by_panel if ids_by_panel[p]]
     try:
         with ThreadPoolExecutor(max_workers=max(1, len(panels)), thread_name_prefix="poll") as ex:
-            for future in [ex.submit(one_panel, p) for p in panels]:
-                future.result()
-    finally:
+            futures = [ex.submit(one_panel, p) for p in panels]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:  # a writer error, or the run interrupted: stop sending
+                abort.set()
+                raise
+    except BaseException:
         result.http_seconds = time.perf_counter() - started
-        writer.close()
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            writer.close()
+        raise
+    result.http_seconds = time.perf_counter() - started
+    writer.close()
     result.calls = sum(c.total_calls for c in clients.values()) - calls_before
     return result
 
@@ -312,8 +349,9 @@ def poll_orders(
     del due
 
     def write(rows: list[tuple]) -> tuple[int, int]:
-        with connect(db_path) as conn:
-            return apply_observations(conn, rows_frame(rows), now, cadence)
+        frame = rows_frame(rows)
+        with connect(db_path) as conn:  # stamped when written: the cadence counts from then
+            return apply_observations(conn, frame, datetime.now(UTC), cadence)
 
     fan = fan_out(
         clients, by_panel, PanelClient.status_chunk, observation_rows, write,

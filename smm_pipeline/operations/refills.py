@@ -451,8 +451,9 @@ def _send_panel(
     for ids in chunked(list(by_order), window):
         requested_at = datetime.now(UTC)
         with connect(db_path) as conn:
-            claimed = record_in_flight(conn, spec.table, panel, ids, claim, requested_at)
-        for order_id in sorted(set(ids) - set(claimed)):
+            mine = set(record_in_flight(conn, spec.table, panel, ids, claim, requested_at))
+        claimed = [i for i in ids if i in mine]  # in the file's order
+        for order_id in [i for i in ids if i not in mine]:
             row, _, _, ref, service_id = _target_fields(by_order[order_id])
             outcomes.append(
                 RowOutcome(row, panel, order_id, ref, service_id, SKIPPED, None,
@@ -551,8 +552,8 @@ def poll_refills(
 
     def write(rows: list[tuple]) -> tuple[int, int]:
         frame = refill_status_frame_from_rows(rows)
-        with connect(db_path) as conn:
-            return apply_refill_statuses(conn, frame, now)
+        with connect(db_path) as conn:  # stamped when written: the cadence counts from then
+            return apply_refill_statuses(conn, frame, datetime.now(UTC))
 
     fan = fan_out(
         clients, by_panel, PanelClient.refill_status_chunk, rows_of, write,

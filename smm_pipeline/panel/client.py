@@ -355,12 +355,16 @@ class PanelClient:
         """Many orders' statuses, 100 ids a call, chunks in parallel; per-item errors as data."""
         return self._merge_chunks(_unique(order_ids), self.status_chunk)
 
-    def status_chunk(self, chunk: list[int]) -> dict[int, OrderStatus]:
-        """One multi-status call (at most `max_ids_per_call` ids); per-item errors as data."""
+    def status_chunk(
+        self, chunk: list[int], before_send: Callable[[], None] | None = None
+    ) -> dict[int, OrderStatus]:
+        """One multi-status call (at most `max_ids_per_call` ids); per-item errors as data.
+        `before_send` is called once the request holds its budget (see `request`)."""
         return self._parsed(
             "status",
             {"orders": ",".join(map(str, chunk))},
             lambda b: parsing.parse_multi_status(chunk, b),
+            before_send,
         )
 
     def refill_status(self, refill_id: int) -> RefillStatus:
@@ -372,12 +376,15 @@ class PanelClient:
     def refill_statuses(self, refill_ids: Iterable[int]) -> dict[int, RefillStatus]:
         return self._merge_chunks(_unique(refill_ids), self.refill_status_chunk)
 
-    def refill_status_chunk(self, chunk: list[int]) -> dict[int, RefillStatus]:
+    def refill_status_chunk(
+        self, chunk: list[int], before_send: Callable[[], None] | None = None
+    ) -> dict[int, RefillStatus]:
         """One multi refill-status call (at most `max_ids_per_call` ids)."""
         return self._parsed(
             "refill_status",
             {"refills": ",".join(map(str, chunk))},
             lambda b: parsing.parse_multi_refill_status(chunk, b),
+            before_send,
         )
 
     def _merge_chunks(self, ids: list[int], one: Callable[[list[int]], dict[int, R]]) -> dict:

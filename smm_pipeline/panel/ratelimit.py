@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
-from pyrate_limiter import Rate, RateItem, SingleBucketFactory, SQLiteBucket
+from pyrate_limiter import Rate, RateItem, SQLiteBucket
 
 from smm_pipeline.panel.errors import BudgetExhausted
 
@@ -48,6 +48,7 @@ POLL_SHARE = 0.9  # of each minute's budget: the rest is kept for submissions
 _MINUTE_MS = 60_000
 _SLOT_RETRY_SECONDS = (0.002, 0.02)
 _POLL_RECHECK = 0.05
+_LEAK_EVERY_SECONDS = 10.0
 
 
 class Priority(Enum):
@@ -95,16 +96,28 @@ class _Slots:
             self._local[i].release()
             return False
 
-    def acquire(self, deadline: float | None) -> int | None:
+    def try_any(self) -> int | None:
         order = list(range(len(self._paths)))
+        random.shuffle(order)
+        for i in order:
+            if self._try(i):
+                return i
+        return None
+
+    def acquire(self, deadline: float | None) -> int | None:
         while True:
-            random.shuffle(order)
-            for i in order:
-                if self._try(i):
-                    return i
+            held = self.try_any()
+            if held is not None:
+                return held
             if deadline is not None and time.monotonic() >= deadline:
                 return None
             time.sleep(random.uniform(*_SLOT_RETRY_SECONDS))
+
+    def close(self) -> None:
+        for i, fd in enumerate(self._fds):
+            if fd is not None:
+                os.close(fd)
+                self._fds[i] = None
 
     def release(self, i: int) -> None:
         fd = self._fds[i]
@@ -236,10 +249,11 @@ class PanelBudget:
         poll_rates = _rates(poll_limit(rate_limit_per_minute))
         poll = SQLiteBucket(poll_rates, conn, table, lock=lock)
         self._buckets = {Priority.SUBMIT: submit, Priority.POLL: poll}
-        # The factory's background thread deletes entries older than the minute (one per
-        # process is enough: both buckets share the table). Acquiring is `_take`, not pyrate's
-        # blocking Limiter, which moves a waiting item's timestamp ahead of the clock.
-        self._leaker = SingleBucketFactory(submit)
+        # Acquiring is `_take`, not pyrate's blocking Limiter (which moves a waiting item's
+        # timestamp ahead of the clock), and entries older than the minute are deleted by
+        # `_take` now and then, not by pyrate's background thread (which outlives a budget
+        # whose folder is gone).
+        self._next_leak = 0.0
 
     def __repr__(self) -> str:
         where = self.folder if self.folder is not None else "this process"
@@ -275,30 +289,64 @@ class PanelBudget:
     ) -> Iterator[None]:
         """Hold one concurrency slot and one request of the budget for the request sent
         inside. `wait` bounds the time spent waiting (None: as long as it takes); past it,
-        BudgetExhausted is raised and nothing may be sent."""
-        started = time.monotonic()
-        deadline = None if wait is None else started + wait
-        held = self._acquire_slot(deadline)
-        if held is None:
-            raise BudgetExhausted(self.panel, wait or 0.0)
+        BudgetExhausted is raised and nothing may be sent.
+
+        A submission announces itself (the shared `<panel>.submitting` lock) before it asks
+        for a slot and keeps that until it has both slot and request; a poll takes a slot
+        only while no submission is announced, and never holds one while it waits for the
+        rate, so polls can neither fill the slots nor take a request a submission waits for."""
+        deadline = None if wait is None else time.monotonic() + wait
+        if priority is Priority.POLL:
+            held = self._poll_turn(deadline, wait)
+        else:
+            with self._intent.waiting():
+                held = self._acquire_slot(deadline)
+                if held is None:
+                    raise BudgetExhausted(self.panel, wait or 0.0)
+                try:
+                    self._wait_not_before(deadline, wait)
+                    while pause := self._take(priority):
+                        self._pause(pause, deadline, wait)
+                except BaseException:
+                    self._release_slot(held)
+                    raise
         try:
-            self._acquire_rate(priority, deadline, wait)
             yield
         finally:
             self._release_slot(held)
+
+    def _poll_turn(self, deadline: float | None, wait: float | None) -> int:
+        """A slot and a request for a poll (see `slot`)."""
+        while True:
+            self._wait_not_before(deadline, wait)
+            if self._intent.anyone_waiting():
+                self._pause(_POLL_RECHECK, deadline, wait)
+                continue
+            held = self._try_slot()
+            if held is None:
+                self._pause(random.uniform(*_SLOT_RETRY_SECONDS), deadline, wait)
+                continue
+            pause = self._take(Priority.POLL)
+            if not pause:
+                return held
+            self._release_slot(held)
+            self._pause(min(pause, _POLL_RECHECK), deadline, wait)
 
     def _acquire_slot(self, deadline: float | None) -> int | None:
         if self._semaphore is not None:
             if deadline is None:
                 self._semaphore.acquire()
                 return 0
-            return (
-                0
-                if self._semaphore.acquire(timeout=max(0.0, deadline - time.monotonic()))
-                else None
-            )
+            left = max(0.0, deadline - time.monotonic())
+            return 0 if self._semaphore.acquire(timeout=left) else None
         assert self._slots is not None
         return self._slots.acquire(deadline)
+
+    def _try_slot(self) -> int | None:
+        if self._semaphore is not None:
+            return 0 if self._semaphore.acquire(blocking=False) else None
+        assert self._slots is not None
+        return self._slots.try_any()
 
     def _release_slot(self, held: int) -> None:
         if self._semaphore is not None:
@@ -307,30 +355,24 @@ class PanelBudget:
             assert self._slots is not None
             self._slots.release(held)
 
-    def _acquire_rate(self, priority: Priority, deadline: float | None, wait: float | None) -> None:
+    def _wait_not_before(self, deadline: float | None, wait: float | None) -> None:
+        """Honour a 429's Retry-After, whichever process heard it."""
         pause = self._not_before() - time.time()
         if pause > 0:
             if deadline is not None and time.monotonic() + pause > deadline:
                 raise BudgetExhausted(self.panel, wait or 0.0)
             time.sleep(pause)
-        if priority is Priority.POLL:
-            # Only while no submission waits for this panel's budget (checked again at least
-            # every 50 ms while waiting).
-            while True:
-                pause = _POLL_RECHECK if self._intent.anyone_waiting() else self._take(priority)
-                if not pause:
-                    return
-                self._pause(min(pause, _POLL_RECHECK), deadline, wait)
-        with self._intent.waiting():
-            while pause := self._take(priority):
-                self._pause(pause, deadline, wait)
 
     def _take(self, priority: Priority) -> float:
         """One request of the budget now if every rate has room (0.0), else how long to wait
         before trying again (the bucket's own figure, never waiting here)."""
         bucket = self._buckets[priority]
         with self._lock:
-            item = RateItem(self.panel, bucket.now())
+            now_ms = bucket.now()
+            if time.monotonic() >= self._next_leak:
+                self._next_leak = time.monotonic() + _LEAK_EVERY_SECONDS
+                self._buckets[Priority.SUBMIT].leak(now_ms)
+            item = RateItem(self.panel, now_ms)
             if bucket.put(item):
                 return 0.0
             wait_ms = bucket.waiting(item)
@@ -384,4 +426,6 @@ def close_budgets() -> None:
         for budget in _registry.values():
             with contextlib.suppress(Exception):
                 budget._conn.close()
+            if budget._slots is not None:
+                budget._slots.close()
         _registry.clear()

@@ -24,6 +24,7 @@ import pandas as pd
 
 from smm_pipeline.panel.order_types import format_money
 from smm_pipeline.warehouse.journal import dead_claims, journal_ids
+from smm_pipeline.warehouse.timestamps import require_aware
 
 # A ref in one of these states may be sent again by a later file: it never reached the panel.
 RESUBMITTABLE_STATES = ("failed",)
@@ -128,16 +129,22 @@ def pending_rows(conn: duckdb.DuckDBPyConnection, file_hash: str) -> pd.DataFram
     return pd.DataFrame(rows, columns=PENDING_COLUMNS, dtype=object)
 
 
-def reserved_spend(conn: duckdb.DuckDBPyConnection, exclude_file_hash: str) -> dict[str, Decimal]:
-    """Per panel, the estimated cost of rows still pending or sending from other files: money
-    the balance must keep for them."""
+def reserved_spend(
+    conn: duckdb.DuckDBPyConnection, exclude_file_hash: str, balance_read_at: datetime
+) -> dict[str, Decimal]:
+    """Per panel, the estimated cost of other files' rows the balance read at
+    `balance_read_at` may not show yet: still pending or sending, or submitted since (other
+    runs go on while this one validates). A row charged just before the read counts twice:
+    in doubt the file is refused, never accepted beyond the money."""
     rows = conn.execute(
         """
         SELECT panel, sum(estimated_cost) FROM orders
-        WHERE submit_state IN ('pending', 'sending') AND file_hash IS DISTINCT FROM ?
+        WHERE file_hash IS DISTINCT FROM ?
+          AND (submit_state IN ('pending', 'sending')
+               OR (submit_state IN ('submitted', 'ambiguous') AND submitted_at >= ?))
         GROUP BY panel
         """,
-        [exclude_file_hash],
+        [exclude_file_hash, require_aware(balance_read_at, "balance_read_at")],
     ).fetchall()
     return {panel: _plain(total) for panel, total in rows}
 
