@@ -282,10 +282,9 @@ def test_rate_limit_is_respected_as_seen_by_the_simulator():
             placed = [r for _p, r in c.map_concurrent(c.add, params)]
         arrivals = sorted(datetime.fromisoformat(o["created_at"]) for o in live.orders())
         assert live.stats()["calls"]["add"] == 6
-        per_second = live.stats()["max_calls_per_second"]
     assert all(isinstance(r, int) for r in placed) and len(arrivals) == 6
-    assert per_second <= 5  # unthrottled, all six arrive within a few milliseconds
-    # The sixth waits until the first is a second old (less loopback jitter).
+    # The sixth waits until the first is a second old (less loopback jitter); unthrottled,
+    # all six arrive within a few milliseconds.
     assert (arrivals[5] - arrivals[0]).total_seconds() >= 0.9
 
 

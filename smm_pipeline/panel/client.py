@@ -186,9 +186,13 @@ class PanelClient:
         key = self._key.reveal()
         text = response.text
         try:
-            body = _redacted(parsing.decode_json(text), key)
+            body = parsing.decode_json(text)
         except ValueError:
             body = None
+        # Without a backslash the text has no escapes, so a key not in the text is in none of
+        # its strings either: the walk is needed only otherwise.
+        if body is not None and key and (key in text or "\\" in text):
+            body = _redacted(body, key)
         message = parsing.lone_error(body) if body is not None else None
         # By its text, not its Content-Type: many PHP panels send their JSON as text/html.
         looks_html = text.lstrip()[:1] == "<"

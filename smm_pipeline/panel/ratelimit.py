@@ -46,9 +46,11 @@ from smm_pipeline.panel.errors import BudgetExhausted
 BUDGET_FILE = "budget.sqlite"
 POLL_SHARE = 0.9  # of each minute's budget: the rest is kept for submissions
 _MINUTE_MS = 60_000
+_WINDOW_MS = 61_000  # the minute, with a second's margin for the way to the panel
 _SLOT_RETRY_SECONDS = (0.002, 0.02)
 _POLL_RECHECK = 0.05
 _LEAK_EVERY_SECONDS = 10.0
+_NOT_BEFORE_EVERY_SECONDS = 0.5
 
 
 class Priority(Enum):
@@ -59,13 +61,14 @@ class Priority(Enum):
 def _rates(per_minute: int) -> list[Rate]:
     """The minute's budget, preceded by a per-second one (a sixtieth of it, rounded up; below
     60 a minute, one request per 60/rate seconds), so the budget is never spent in a burst at
-    the start of a minute. pyrate wants generous-before-tight order."""
+    the start of a minute. The minute is counted over 61 s: a request's way to the panel
+    varies, and the panel counts by arrival. pyrate wants generous-before-tight order."""
     per_minute = max(1, per_minute)
     if per_minute == 1:
-        return [Rate(1, _MINUTE_MS)]
+        return [Rate(1, _WINDOW_MS)]
     if per_minute < 60:
-        return [Rate(1, _MINUTE_MS // per_minute), Rate(per_minute, _MINUTE_MS)]
-    return [Rate(math.ceil(per_minute / 60), 1000), Rate(per_minute, _MINUTE_MS)]
+        return [Rate(1, _MINUTE_MS // per_minute), Rate(per_minute, _WINDOW_MS)]
+    return [Rate(math.ceil(per_minute / 60), 1000), Rate(per_minute, _WINDOW_MS)]
 
 
 def poll_limit(per_minute: int) -> int:
@@ -246,6 +249,7 @@ class PanelBudget:
             conn.commit()
         self._conn, self._lock = conn, lock
         self._intent = _Intent(folder, panel)
+        self._not_before_seen = (0.0, 0.0)  # (until, when read), see _not_before
         poll_rates = _rates(poll_limit(rate_limit_per_minute))
         poll = SQLiteBucket(poll_rates, conn, table, lock=lock)
         self._buckets = {Priority.SUBMIT: submit, Priority.POLL: poll}
@@ -263,11 +267,17 @@ class PanelBudget:
         )
 
     def _not_before(self) -> float:
+        """The latest Retry-After of any process (read at most every half second)."""
+        value, read_at = self._not_before_seen
+        if time.monotonic() - read_at < _NOT_BEFORE_EVERY_SECONDS:
+            return value
         with self._lock:
             row = self._conn.execute(
                 "SELECT until_ms FROM not_before WHERE panel = ?", [self.panel]
             ).fetchone()
-        return 0.0 if row is None else row[0] / 1000
+        value = 0.0 if row is None else row[0] / 1000
+        self._not_before_seen = (value, time.monotonic())
+        return value
 
     def back_off(self, seconds: float) -> None:
         """The panel asked us to wait (429 Retry-After): no process starts a request to it
@@ -282,6 +292,7 @@ class PanelBudget:
                 [self.panel, until_ms],
             )
             self._conn.commit()
+        self._not_before_seen = (0.0, 0.0)  # read again at once
 
     @contextmanager
     def slot(
