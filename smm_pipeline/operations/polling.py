@@ -48,7 +48,7 @@ from smm_pipeline.warehouse.status import (
 
 T = TypeVar("T")
 
-WRITE_BATCH_ROWS = 5_000  # answers per warehouse write
+WRITE_BATCH_ROWS = 20_000  # answers per write (each one scans and checkpoints the table)
 WRITE_EVERY_SECONDS = 2.0  # a slow (rate-limited) poll still writes what it has this often
 PROGRESS_EVERY_SECONDS = 10.0
 WRITE_QUEUE_CALLS = 64  # answered calls waiting for the writer at most
