@@ -63,6 +63,7 @@ from smm_pipeline.warehouse.orders import (
     ExistingRef,
     FileRow,
     existing_refs,
+    existing_refs_of,
     file_rows,
     record_pending,
     reserved_spend,
@@ -195,23 +196,13 @@ _CHUNK_ROWS = 20_000
 def _existing_refs(
     conn: duckdb.DuckDBPyConnection, rows: ValidatedRows
 ) -> dict[tuple[str, str], ExistingRef]:
-    """The rows already recorded under the (panel, ref) keys of `rows`: the query of
-    `warehouse.orders.existing_refs`, fed by columns a chunk at a time."""
+    """The rows already recorded under the (panel, ref) keys of `rows`, fed to the warehouse
+    by columns a chunk at a time."""
     found: dict[tuple[str, str], ExistingRef] = {}
     for start in range(0, len(rows), _CHUNK_ROWS):
         panels, refs = rows.key_columns(start, start + _CHUNK_ROWS)
-        conn.register("_keys", pd.DataFrame({"panel": panels, "ref": refs}, dtype=object))
-        try:
-            answer = conn.execute(
-                """
-                SELECT o.panel, o.ref, o.submit_state, o.order_id, o.source_file, o.file_hash,
-                    o.estimated_cost
-                FROM orders o JOIN _keys k ON o.panel = k.panel AND o.ref = k.ref
-                """
-            ).fetchall()
-        finally:
-            conn.unregister("_keys")
-        found.update({(r[0], r[1]): ExistingRef(*r) for r in answer})
+        keys = pd.DataFrame({"panel": panels, "ref": refs}, dtype=object)
+        found.update(existing_refs_of(conn, keys))
     return found
 
 

@@ -53,7 +53,13 @@ def existing_refs(
     conn: duckdb.DuckDBPyConnection, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], ExistingRef]:
     """Rows already recorded for these (panel, ref) keys."""
-    frame = pd.DataFrame(list(keys), columns=["panel", "ref"])
+    return existing_refs_of(conn, pd.DataFrame(list(keys), columns=["panel", "ref"]))
+
+
+def existing_refs_of(
+    conn: duckdb.DuckDBPyConnection, frame: pd.DataFrame
+) -> dict[tuple[str, str], ExistingRef]:
+    """Rows already recorded for the (panel, ref) keys of `frame`'s two columns."""
     if frame.empty:
         return {}
     conn.register("_keys", frame)
