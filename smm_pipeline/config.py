@@ -1,22 +1,41 @@
-"""`panels.yaml` + environment → validated settings (SPEC §2).
+"""`panels.yaml` + environment → validated settings (README, Configuration).
 
-A broken configuration fails at load with one sentence that names the panel and the field.
+The fields of `PanelConfig` and `PipelineConfig` are the schema of their sections of panels.yaml:
+pydantic validates a section against their annotations (strictly: no `true` for a number, no
+"5" for 5; an unknown field is refused), and the first problem it finds becomes one sentence
+that names the panel and the field, a `ConfigError`. Each annotation carries its sentence
+(`_Invalid`); a validator with something more precise to say raises `_refusal(...)`.
+Objects built in Python code (tests, benchmarks) are plain frozen dataclasses, not validated.
+
 Keys are read from the environment only, through the variable each panel names in `key_env`,
 and are wrapped in `Secret` so that no `repr()`, log line or exception can show them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_type_hints
 from urllib.parse import urlsplit
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    with_config,
+)
+from pydantic_core import PydanticCustomError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_USER_AGENT = (
@@ -26,7 +45,8 @@ DEFAULT_USER_AGENT = (
 # The documented subscription delays when a panel does not list its own (persiansmm's list).
 DEFAULT_DELAY_VALUES = (0, 5, 10, 15, 20, 30, 40, 50, 60, 90, 120, 150, 180, 210, 240, 270, 300,
                         360, 420, 480, 540, 600)  # fmt: skip
-_NAME_RE = re.compile(r"^[a-z0-9_-]+$")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class ConfigError(ValueError):
@@ -59,20 +79,122 @@ class Secret:
         raise TypeError("a Secret cannot be serialised")
 
 
+# ------------------------------------------------------------------ field types
+
+
+@dataclass(frozen=True)
+class _Invalid:
+    """Annotation metadata: what the field must be, for any error in it that no validator of
+    its own words ("field max_concurrency" + " must be a positive whole number")."""
+
+    sentence: str
+
+
+def _refusal(sentence: str) -> PydanticCustomError:
+    """What a validator raises to say exactly what is wrong ("field url" + sentence)."""
+    return PydanticCustomError("config", "{sentence}", {"sentence": sentence})
+
+
+def _http_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed [IPv6 bracket; not echoed: it may hold credentials
+        raise _refusal("must be an http(s) URL") from None
+    if parts.username or parts.password or parts.query:  # checked first: never echoed either
+        raise _refusal("must not carry credentials or a query")
+    if parts.scheme not in ("http", "https") or not host:
+        raise _refusal(f"must be an http(s) URL, got {url!r}")
+    if parts.scheme == "http" and host not in _LOCAL_HOSTS:
+        raise _refusal("must use https (plain http only for a local simulator)")
+    return url
+
+
+def _env_name(name: str) -> str:
+    if not _ENV_NAME_RE.fullmatch(name):
+        raise _refusal("must be an environment variable name")
+    return name
+
+
+def _sorted_unique(values: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(set(values)))
+
+
+def _money(value: Any) -> Decimal | None:
+    """An exact amount: a YAML float like 10.1 becomes Decimal('10.1') (through its repr),
+    never the binary float's expansion."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise _refusal("must be a decimal amount")
+    try:
+        amount = Decimal(repr(value) if isinstance(value, float) else str(value))
+    except InvalidOperation:
+        raise _refusal("must be a decimal amount") from None
+    if not amount.is_finite() or amount < 0:
+        raise _refusal("must be a non-negative amount")
+    return amount
+
+
+def _no_fraction(sentence: str):
+    """For a whole-number field: a YAML float (1.5, even 2.0) is refused with `sentence`."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, float):
+            raise _refusal(sentence)
+        return value
+
+    return BeforeValidator(check)
+
+
+_TEXT = StringConstraints(strict=True, strip_whitespace=True, min_length=1)
+
+PanelName = Annotated[str, Field(strict=True, pattern=r"^[a-z0-9_-]+$"),
+                      _Invalid("must match [a-z0-9_-]+")]  # fmt: skip
+PanelUrl = Annotated[str, _TEXT, AfterValidator(_http_url), _Invalid("is required")]
+EnvName = Annotated[str, _TEXT, AfterValidator(_env_name), _Invalid("is required")]
+Text = Annotated[str, _TEXT, _Invalid("must be a non-empty string")]
+Switch = Annotated[bool, Field(strict=True), _Invalid("must be true or false")]
+Count = Annotated[int, Field(strict=True, gt=0), _Invalid("must be a positive whole number")]
+Positive = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False),
+                     _Invalid("must be a positive number")]  # fmt: skip
+Money = Annotated[Decimal | None, PlainValidator(_money), _Invalid("must be a decimal amount")]
+DelayValues = Annotated[
+    tuple[Annotated[int, Field(strict=True, ge=0)], ...],
+    Field(min_length=1),
+    AfterValidator(_sorted_unique),
+    _Invalid("must be a list of whole minutes (0, 5, ...)"),
+]
+WholeMinutes = Annotated[int, Field(strict=True, gt=0),
+                         _no_fraction("must be a whole number of minutes"),
+                         _Invalid("must be a positive number")]  # fmt: skip
+WholeBytes = Annotated[int, Field(strict=True, gt=0),
+                       _no_fraction("must be a whole number of bytes (like 50000000)"),
+                       _Invalid("must be a positive number")]  # fmt: skip
+SecondsOrZero = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False),
+                          _Invalid("must be 0 (after every run) or more")]  # fmt: skip
+
+
+# ------------------------------------------------------------------ settings
+
+
+@with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class PanelConfig:
-    name: str
-    url: str
-    key_env: str
-    enabled: bool = True
-    rate_limit_per_minute: int = 120
-    max_concurrency: int = 4
-    timeout_seconds: float = 30.0
-    delay_values: tuple[int, ...] = DEFAULT_DELAY_VALUES
-    low_balance_threshold: Decimal | None = None
-    max_batch_spend: Decimal | None = None
-    user_agent: str = DEFAULT_USER_AGENT
-    max_retries: int = 4
+    """One entry of `panels:`."""
+
+    name: PanelName
+    url: PanelUrl
+    key_env: EnvName
+    enabled: Switch = True
+    rate_limit_per_minute: Count = 120
+    max_concurrency: Count = 4
+    timeout_seconds: Positive = 30.0
+    delay_values: DelayValues = DEFAULT_DELAY_VALUES
+    low_balance_threshold: Money = None
+    max_batch_spend: Money = None
+    user_agent: Text = DEFAULT_USER_AGENT
+    max_retries: Count = 4
 
     def api_key(self, environ: Mapping[str, str] | None = None) -> Secret:
         """The panel's key from the environment; a clear error when it is not set."""
@@ -86,23 +208,27 @@ class PanelConfig:
         return Secret(value.strip())
 
 
+@with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class PipelineConfig:
     """Tunables of the pipeline itself (optional `pipeline:` section of panels.yaml)."""
 
-    catalog_max_age_minutes: int = 60
-    stuck_order_hours: float = 72.0
-    poll_min_interval_minutes: float = 2.0
-    poll_max_interval_minutes: float = 240.0
-    sensor_interval_seconds: int = 30
+    catalog_max_age_minutes: WholeMinutes = 60
+    stuck_order_hours: Positive = 72.0
+    poll_min_interval_minutes: Positive = 2.0
+    poll_max_interval_minutes: Positive = 240.0
     # A dropped file bigger than this is refused unread (moved to rejected/ with errors.csv).
-    max_file_bytes: int = 50_000_000
+    max_file_bytes: WholeBytes = 50_000_000
     # How long one poll request waits for the panel's budget before the poll defers the rest
     # of its orders to the next run (submissions to the panel come first).
-    poll_budget_wait_seconds: float = 15.0
+    poll_budget_wait_seconds: Positive = 15.0
     # The analysts' replica is republished at most this often (and at least this often while
     # the warehouse changes): the bound on its lag behind the warehouse. 0: after every run.
-    replica_max_lag_seconds: float = 120
+    replica_max_lag_seconds: SecondsOrZero = 120.0
+
+
+# Settings that panels.yaml once had: setting one is refused with why it went.
+_RETIRED_PIPELINE_FIELDS = {"sensor_interval_seconds": "the file sensors look every 15 s"}
 
 
 @dataclass(frozen=True)
@@ -133,32 +259,52 @@ class Settings:
         return tuple(p.name for p in self.enabled_panels)
 
 
-_PANEL_FIELDS = {
-    "name", "url", "key_env", "enabled", "rate_limit_per_minute", "max_concurrency",
-    "timeout_seconds", "delay_values", "low_balance_threshold", "max_batch_spend", "user_agent",
-    "max_retries",
-}  # fmt: skip
-_PIPELINE_FIELDS = set(PipelineConfig.__dataclass_fields__)
+# ------------------------------------------------------------------ validation
+
+_UNKNOWN_FIELD = ("unexpected_keyword_argument", "extra_forbidden", "invalid_key")
 
 
-def _positive_int(panel: str, fld: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"panel {panel!r}: field {fld} must be a positive whole number")
-    return value
+@functools.cache
+def _adapter(section: type) -> TypeAdapter[Any]:
+    return TypeAdapter(section)
 
 
-def _money(panel: str, fld: str, value: Any) -> Decimal | None:
-    if value is None:
-        return None
-    if isinstance(value, float):
-        value = repr(value)
+@functools.cache
+def _invalid_sentences(section: type) -> dict[str, str]:
+    sentences = {}
+    for name, hint in get_type_hints(section, include_extras=True).items():
+        said = [m.sentence for m in getattr(hint, "__metadata__", ()) if isinstance(m, _Invalid)]
+        sentences[name] = said[-1] if said else "is not valid"
+    return sentences
+
+
+def _validated(section: type, raw: dict, where: str, retired: Mapping[str, str] = {}) -> Any:
+    """`raw` as a `section` object, or a ConfigError: "<where>: <one sentence>"."""
     try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise ConfigError(f"panel {panel!r}: field {fld} must be a decimal amount") from None
-    if not amount.is_finite() or amount < 0:
-        raise ConfigError(f"panel {panel!r}: field {fld} must be a non-negative amount")
-    return amount
+        return _adapter(section).validate_python(raw)
+    except ValidationError as exc:  # its text (several lines, with the inputs) is not shown
+        raise ConfigError(f"{where}: {_sentence(section, exc, retired)}") from None
+
+
+def _sentence(section: type, exc: ValidationError, retired: Mapping[str, str]) -> str:
+    """The first problem, in the order a reader fixes them: the name, then unknown fields
+    (alphabetically), then the others in field order."""
+
+    def rank(error: Any) -> tuple[int, str]:
+        fld = str(error["loc"][0]) if error["loc"] else ""
+        if fld == "name":
+            return (0, "")
+        return (1, fld) if error["type"] in _UNKNOWN_FIELD else (2, "")
+
+    error = min(exc.errors(include_url=False, include_input=False), key=rank)
+    fld = str(error["loc"][0]) if error["loc"] else "?"
+    if error["type"] in _UNKNOWN_FIELD:
+        if fld in retired:
+            return f"field {fld} is no longer a setting ({retired[fld]}); remove it"
+        return f"unknown field {fld} (a typo?)"
+    if error["type"] == "config":
+        return f"field {fld} {error['ctx']['sentence']}"
+    return f"field {fld} {_invalid_sentences(section).get(fld, 'is not valid')}"
 
 
 def _parse_panel(raw: Any, index: int) -> PanelConfig:
@@ -166,59 +312,7 @@ def _parse_panel(raw: Any, index: int) -> PanelConfig:
         raise ConfigError(f"panels[{index}]: each panel must be a mapping with name, url, key_env")
     name = raw.get("name")
     label = name if isinstance(name, str) else f"#{index + 1}"
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConfigError(f"panel {label!r}: field name must match [a-z0-9_-]+")
-    unknown = sorted(set(raw) - _PANEL_FIELDS)
-    if unknown:
-        raise ConfigError(f"panel {name!r}: unknown field {unknown[0]} (a typo?)")
-    for required in ("url", "key_env"):
-        if not isinstance(raw.get(required), str) or not raw[required].strip():
-            raise ConfigError(f"panel {name!r}: field {required} is required")
-    url = raw["url"].strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"panel {name!r}: field url must be an http(s) URL, got {url!r}")
-    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise ConfigError(
-            f"panel {name!r}: field url must use https (plain http only for a local simulator)"
-        )
-    if parts.username or parts.password or parts.query:
-        raise ConfigError(f"panel {name!r}: field url must not carry credentials or a query")
-    key_env = raw["key_env"].strip()
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key_env):
-        raise ConfigError(f"panel {name!r}: field key_env must be an environment variable name")
-    kwargs: dict[str, Any] = {"name": name, "url": url, "key_env": key_env}
-    if "enabled" in raw:
-        if not isinstance(raw["enabled"], bool):
-            raise ConfigError(f"panel {name!r}: field enabled must be true or false")
-        kwargs["enabled"] = raw["enabled"]
-    for fld in ("rate_limit_per_minute", "max_concurrency", "max_retries"):
-        if fld in raw:
-            kwargs[fld] = _positive_int(name, fld, raw[fld])
-    if "timeout_seconds" in raw:
-        t = raw["timeout_seconds"]
-        if isinstance(t, bool) or not isinstance(t, int | float) or t <= 0:
-            raise ConfigError(f"panel {name!r}: field timeout_seconds must be a positive number")
-        kwargs["timeout_seconds"] = float(t)
-    if "delay_values" in raw:
-        dv = raw["delay_values"]
-        if (
-            not isinstance(dv, list)
-            or not dv
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in dv)
-        ):
-            raise ConfigError(
-                f"panel {name!r}: field delay_values must be a list of whole minutes (0, 5, ...)"
-            )
-        kwargs["delay_values"] = tuple(sorted(set(dv)))
-    for fld in ("low_balance_threshold", "max_batch_spend"):
-        if fld in raw:
-            kwargs[fld] = _money(name, fld, raw[fld])
-    if "user_agent" in raw:
-        if not isinstance(raw["user_agent"], str) or not raw["user_agent"].strip():
-            raise ConfigError(f"panel {name!r}: field user_agent must be a non-empty string")
-        kwargs["user_agent"] = raw["user_agent"].strip()
-    return PanelConfig(**kwargs)
+    return _validated(PanelConfig, raw, f"panel {label!r}")
 
 
 def _parse_pipeline(raw: Any) -> PipelineConfig:
@@ -226,21 +320,7 @@ def _parse_pipeline(raw: Any) -> PipelineConfig:
         return PipelineConfig()
     if not isinstance(raw, dict):
         raise ConfigError("pipeline: must be a mapping of settings")
-    unknown = sorted(set(raw) - _PIPELINE_FIELDS)
-    if unknown:
-        raise ConfigError(f"pipeline: unknown field {unknown[0]} (a typo?)")
-    for k, v in raw.items():
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise ConfigError(f"pipeline: field {k} must be a positive number")
-        if k == "replica_max_lag_seconds" and v < 0:
-            raise ConfigError(f"pipeline: field {k} must be 0 (after every run) or more")
-        if v <= 0 and k != "replica_max_lag_seconds":
-            raise ConfigError(f"pipeline: field {k} must be a positive number")
-    if "max_file_bytes" in raw and not isinstance(raw["max_file_bytes"], int):
-        raise ConfigError(
-            "pipeline: field max_file_bytes must be a whole number of bytes (like 50000000)"
-        )
-    return PipelineConfig(**raw)
+    return _validated(PipelineConfig, raw, "pipeline", _RETIRED_PIPELINE_FIELDS)
 
 
 def parse_settings(
@@ -255,7 +335,7 @@ def parse_settings(
     env = os.environ if environ is None else environ
     if not isinstance(document, dict) or "panels" not in document:
         raise ConfigError(f"{source or 'panels.yaml'}: must contain a 'panels:' list")
-    unknown = sorted(set(document) - {"panels", "pipeline"})
+    unknown = sorted(set(document) - {"panels", "pipeline"}, key=str)
     if unknown:
         raise ConfigError(f"{source or 'panels.yaml'}: unknown top-level field {unknown[0]}")
     raw_panels = document["panels"]
