@@ -1,4 +1,5 @@
 # Two commands do all the set-up on a fresh clone: `make run` and `make test`.
+# `make help` lists every target.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,15 +8,25 @@ STAMP := $(VENV)/.installed
 HOST := 127.0.0.1
 SIM_PORT ?= 8765
 UI_PORT ?= 3000
+NOTEBOOK_PORT ?= 8888
 export SMM_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# `dg` runs in the project's own virtual environment.
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+CODE := smm_pipeline smm_pipeline_tests benchmarks devkit
+# .env (keys, and SMM_DATA_DIR / SMM_DUCKDB_PATH when set there) for the commands that run the
+# pipeline; the folders below are the ones it names.
+WITH_ENV := set -a; source .env; set +a; data="$${SMM_DATA_DIR:-$(CURDIR)/data}"
 
-.PHONY: run test lint format bench demo simulator clean
+.PHONY: help run test lint format bench demo notebook simulator reset clean
 
-$(STAMP): pyproject.toml
+help: ## List the make targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml devkit/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./devkit
 	$(BIN)/python -m ipykernel install --prefix $(VENV) --name python3 > /dev/null
 	touch $(STAMP)
 
@@ -26,31 +37,43 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 .env:
 	cp .env.example .env
 
-# Simulator + Dagster UI (webserver and daemon: sensors and schedules on), bound to 127.0.0.1 only.
-run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml .env
-	mkdir -p $(SMM_DATA_DIR)/inbox/orders $(SMM_DATA_DIR)/inbox/refills $(SMM_DATA_DIR)/inbox/cancels
-	set -a; source .env; set +a; \
-	$(BIN)/python -m smm_pipeline.simulator --host $(HOST) --port $(SIM_PORT) \
-	  --state-file $(SMM_DATA_DIR)/simulator_state.jsonl & sim=$$!; \
+run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml .env ## Simulator + Dagster UI and daemon on 127.0.0.1 (Ctrl-C stops both)
+	$(WITH_ENV); \
+	mkdir -p "$$data/inbox/orders" "$$data/inbox/refills" "$$data/inbox/cancels"; \
+	$(BIN)/python -m smm_devkit.simulator --host $(HOST) --port $(SIM_PORT) \
+	  --state-file "$$data/simulator_state.jsonl" & sim=$$!; \
 	trap "kill $$sim 2>/dev/null" EXIT INT TERM; \
-	$(BIN)/dagster dev -h $(HOST) -p $(UI_PORT) -w workspace.yaml
+	$(BIN)/dg dev -h $(HOST) -p $(UI_PORT)
 
-test: $(STAMP)
-	$(BIN)/ruff format --check smm_pipeline smm_pipeline_tests benchmarks
-	$(BIN)/ruff check smm_pipeline smm_pipeline_tests benchmarks
+test: $(STAMP) ## ruff, `dg check defs` and the whole test suite
+	$(BIN)/ruff format --check $(CODE)
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/dg check defs
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-lint: $(STAMP)
-	$(BIN)/ruff format smm_pipeline smm_pipeline_tests benchmarks
-	$(BIN)/ruff check --fix smm_pipeline smm_pipeline_tests benchmarks
+lint: $(STAMP) ## ruff format + ruff check --fix
+	$(BIN)/ruff format $(CODE)
+	$(BIN)/ruff check --fix $(CODE)
 
-bench: $(STAMP)
+bench: $(STAMP) ## The benchmarks against the simulator (figures in the README)
 	$(BIN)/python -m benchmarks
 
-# Headless end-to-end run in a temporary directory; `make demo KEEP=dir` keeps it for the notebook.
-demo: $(STAMP)
-	$(BIN)/python -m smm_pipeline.demo $(if $(KEEP),--keep $(KEEP))
+demo: $(STAMP) ## Headless end-to-end run with simulated history; KEEP=dir keeps it for the notebook
+	$(BIN)/python -m smm_devkit.demo $(if $(KEEP),--keep $(KEEP))
 
-clean:
+notebook: $(STAMP) ## JupyterLab on 127.0.0.1 with notebooks/analytics.ipynb
+	$(WITH_ENV); SMM_DATA_DIR="$$data" $(BIN)/jupyter lab --ip $(HOST) --port $(NOTEBOOK_PORT) \
+	  --no-browser notebooks/analytics.ipynb
+
+simulator: $(STAMP) ## The panel simulator alone, on 127.0.0.1:8765 (SIM_PORT=...)
+	$(WITH_ENV); $(BIN)/python -m smm_devkit.simulator --host $(HOST) --port $(SIM_PORT) \
+	  --state-file "$$data/simulator_state.jsonl"
+
+reset: .env ## Delete the local state (warehouse, inbox, results, simulator, Dagster history)
+	$(WITH_ENV); rm -rf "$$data/inbox" "$$data/processed" "$$data/rejected" "$$data/panel_budget" \
+	  "$${SMM_DUCKDB_PATH:-$$data/warehouse.duckdb}"* "$$data/simulator_state.jsonl" $(DAGSTER_HOME)
+	@echo "local state deleted (stop 'make run' first if it was running)"
+
+clean: ## Delete the venv and tool caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

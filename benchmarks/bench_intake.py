@@ -190,7 +190,7 @@ class SimulatorStats:
         self.url = url
 
     def stats(self) -> dict[str, Any]:
-        from smm_pipeline.simulator.testing import SimulatorHandle
+        from smm_devkit.simulator.testing import SimulatorHandle
 
         handle = SimulatorHandle(self.url.removesuffix("/api/v2"), (KEY,))
         try:
@@ -203,7 +203,7 @@ class SimulatorStats:
 def simulator() -> Iterator[Any]:
     """The bundled simulator in its own process with the bench's catalog and 1.00 of balance:
     too little for any of the bench's files."""
-    from smm_pipeline.simulator.testing import start_simulator_process
+    from smm_devkit.simulator.testing import start_simulator_process
 
     with tempfile.TemporaryDirectory(prefix="smm-bench-sim-") as tmp:
         catalog = Path(tmp) / "catalog.json"
@@ -222,7 +222,7 @@ class Deployment:
     def __init__(self, root: Path, sim_url: str, instance_kind: str) -> None:
         import dagster as dg
 
-        from smm_pipeline.defs.location import build_definitions
+        from smm_pipeline.definitions import load_definitions
         from smm_pipeline.operations.inbox import Folders
 
         self.root = root
@@ -245,7 +245,7 @@ class Deployment:
         }
         with _environment(self.env), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.defs = build_definitions(str(panels), str(root / "warehouse.duckdb"))
+            self.defs = load_definitions()
             self.job = self.defs.resolve_job_def("submit_orders")
             self.sensor = self.defs.get_sensor_def("order_csv_sensor")
         if instance_kind == "sqlite":
@@ -261,7 +261,7 @@ class Deployment:
         the run config and tags of the run it requests."""
         import dagster as dg
 
-        from smm_pipeline.defs.files import SENSOR_INTERVAL_SECONDS, cursor_seen_earlier
+        from smm_pipeline.lib.file_sensors import SENSOR_INTERVAL_SECONDS, cursor_seen_earlier
 
         write_file(self.folders.inbox("orders") / name, rows)
         cursor = None

@@ -74,10 +74,10 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 from benchmarks.common import report
+from smm_devkit.simulator.testing import SimulatorProcess, start_simulator_process
 from smm_pipeline.config import PROJECT_ROOT
 from smm_pipeline.operations.inbox import Folders
 from smm_pipeline.panel.statuses import FINISHED_STATUSES
-from smm_pipeline.simulator.testing import SimulatorProcess, start_simulator_process
 from smm_pipeline.warehouse.db import WarehouseError, connect
 
 PANEL_A, PANEL_B = "panel_a", "panel_b"

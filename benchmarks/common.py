@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from smm_devkit.simulator.testing import SimulatorProcess, start_simulator_process
 from smm_pipeline.config import PanelConfig, Secret
 from smm_pipeline.panel.client import PanelClient
-from smm_pipeline.simulator.testing import SimulatorProcess, start_simulator_process
 
 KEY = "bench-key"
 RESULTS = Path(__file__).parent / "results"

@@ -1,5 +1,17 @@
-"""The code location Dagster loads (workspace.yaml): `defs`."""
+"""The code location Dagster loads (workspace.yaml, `[tool.dagster]`): `defs`, every module of
+`smm_pipeline/defs/` loaded by `load_from_defs_folder`, for the panels of panels.yaml
+(`SMM_PANELS_FILE`) and the warehouse of `SMM_DUCKDB_PATH`, read when it loads."""
 
-from smm_pipeline.defs.location import build_definitions
+import dagster as dg
 
-defs = build_definitions()
+from smm_pipeline.config import PROJECT_ROOT
+
+
+def load_definitions() -> dg.Definitions:
+    """The whole code location, built now from the current environment."""
+    return dg.load_from_defs_folder(path_within_project=PROJECT_ROOT)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return load_definitions()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from smm_devkit.simulator.testing import ThreadedSimulator, running_simulator
 from smm_pipeline.config import Settings, load_settings
 from smm_pipeline.operations.inbox import Folders
-from smm_pipeline.simulator.testing import ThreadedSimulator, running_simulator
 
 TEST_KEY = "test-key-7f3a9c"
 KEY_ENV = "SMM_TEST_PANEL_KEY"
@@ -46,9 +46,9 @@ class Pipeline:
         return path
 
     def defs(self):
-        from smm_pipeline.defs.location import build_definitions
+        from smm_pipeline.definitions import load_definitions
 
-        return build_definitions()
+        return load_definitions()
 
 
 def make_pipeline(

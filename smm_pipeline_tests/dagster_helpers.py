@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from smm_pipeline.defs.files import SENSOR_INTERVAL_SECONDS, cursor_seen_earlier
+from smm_pipeline.lib.file_sensors import SENSOR_INTERVAL_SECONDS, cursor_seen_earlier
 
 
 def settle(path: Path) -> None:

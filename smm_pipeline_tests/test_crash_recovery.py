@@ -18,8 +18,8 @@ import dagster as dg
 import duckdb
 import pytest
 
+from smm_devkit.simulator.testing import start_simulator_process
 from smm_pipeline.operations.submission import submit_file
-from smm_pipeline.simulator.testing import start_simulator_process
 from smm_pipeline_tests.conftest import make_pipeline, panel_yaml
 from smm_pipeline_tests.dagster_helpers import look_twice, settle
 from smm_pipeline_tests.test_submission import clients, outbox, record
@@ -76,9 +76,9 @@ def signal_after_adds(sim, args: list[str], adds: int, sig: signal.Signals) -> N
 
 def submit_orders_job() -> dg.JobDefinition:
     """The job as a Dagster run process rebuilds it (reconstructable, for re-execution)."""
-    from smm_pipeline.defs.location import build_definitions
+    from smm_pipeline.definitions import load_definitions
 
-    return build_definitions().resolve_job_def("submit_orders")
+    return load_definitions().resolve_job_def("submit_orders")
 
 
 @pytest.fixture

@@ -169,9 +169,12 @@ def test_the_shipped_definitions_module_loads(monkeypatch):
     import smm_pipeline.definitions as module
 
     module = importlib.reload(module)
-    dg.Definitions.validate_loadable(module.defs)
-    asset_keys = {k.to_user_string() for k in module.defs.resolve_all_asset_keys()}
-    assert {"service_catalog", "panel_balances", "orders"} <= asset_keys
+    defs = module.defs()  # what workspace.yaml and `dg` load: every module of defs/
+    dg.Definitions.validate_loadable(defs)
+    asset_keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert {"service_catalog", "panel_balances", "orders", "warehouse_replica"} <= asset_keys
+    assert {"order_csv_sensor", "refill_csv_sensor", "cancel_csv_sensor", "order_status_sensor",
+            "refill_status_sensor"} <= {s.name for s in defs.sensors}  # fmt: skip
 
 
 def test_the_key_is_absent_from_catalog_and_balance_event_logs(pipeline, sim, instance):

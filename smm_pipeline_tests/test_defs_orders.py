@@ -11,7 +11,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from smm_pipeline.defs.files import SENSOR_INTERVAL_SECONDS, cursor_seen_earlier
+from smm_pipeline.lib.file_sensors import SENSOR_INTERVAL_SECONDS, cursor_seen_earlier
 from smm_pipeline_tests.conftest import TEST_KEY
 from smm_pipeline_tests.dagster_helpers import (
     drop_and_run,

@@ -15,8 +15,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from smm_devkit.demo import ANALYTICS_VIEWS, main, query_frame, read_views
 from smm_pipeline.config import PROJECT_ROOT
-from smm_pipeline.demo import ANALYTICS_VIEWS, main, query_frame, read_views
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "analytics.ipynb"
 HEADERS = {

@@ -29,9 +29,9 @@ import pytest
 import yaml
 from dagster._core.scheduler.instigation import InstigatorStatus
 
+from smm_devkit.simulator.testing import SimulatorProcess, start_simulator_process
 from smm_pipeline.config import PROJECT_ROOT
 from smm_pipeline.operations.inbox import Folders
-from smm_pipeline.simulator.testing import SimulatorProcess, start_simulator_process
 from smm_pipeline.warehouse.db import WarehouseError
 from smm_pipeline.warehouse.snapshot import connect_readonly
 

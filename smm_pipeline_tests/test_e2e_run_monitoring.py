@@ -37,9 +37,9 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster_graphql.test.utils import execute_dagster_graphql
 
+from smm_devkit.simulator.testing import SimulatorProcess, start_simulator_process
 from smm_pipeline.config import PROJECT_ROOT
 from smm_pipeline.operations.inbox import Folders
-from smm_pipeline.simulator.testing import SimulatorProcess, start_simulator_process
 from smm_pipeline_tests.test_e2e_daemon import _drop_complete, _stop
 
 KEY = "e2e-monitoring-key-81c2"

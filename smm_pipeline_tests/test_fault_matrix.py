@@ -31,19 +31,19 @@ import httpx
 import pandas as pd
 import pytest
 
-from smm_pipeline.config import PanelConfig, Secret
-from smm_pipeline.intake.csv_files import file_hash
-from smm_pipeline.operations.cancels import cancel_order_file
-from smm_pipeline.operations.refills import request_refill_file
-from smm_pipeline.operations.submission import NOT_THE_API_STOP, submit_file
-from smm_pipeline.panel.client import PanelClient
-from smm_pipeline.panel.parsing import MISSING_WRITE
-from smm_pipeline.simulator.faults import FAULT_KINDS
-from smm_pipeline.simulator.testing import (
+from smm_devkit.simulator.faults import FAULT_KINDS
+from smm_devkit.simulator.testing import (
     SimulatorAdminError,
     ThreadedSimulator,
     running_simulator,
 )
+from smm_pipeline.config import PanelConfig, Secret
+from smm_pipeline.intake.csv_files import file_hash
+from smm_pipeline.operations.cancels import process_cancel_file
+from smm_pipeline.operations.refills import process_refill_file
+from smm_pipeline.operations.submission import NOT_THE_API_STOP, submit_file
+from smm_pipeline.panel.client import PanelClient
+from smm_pipeline.panel.parsing import MISSING_WRITE
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.status import Cadence
 from smm_pipeline_tests.conftest import TEST_KEY, Pipeline, make_pipeline, panel_yaml
@@ -412,7 +412,7 @@ def handle_file(
     cadence = Cadence(
         settings.pipeline.poll_min_interval_minutes, settings.pipeline.poll_max_interval_minutes
     )
-    handle = request_refill_file if kind == "refills" else cancel_order_file
+    handle = process_refill_file if kind == "refills" else process_cancel_file
     for client in env.clients.values():
         client.max_ids_per_call = ids_per_call
     handle(settings, pipeline.db_path, name, file_hash(content.encode()), env.clients, cadence)

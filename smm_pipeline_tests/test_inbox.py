@@ -18,9 +18,13 @@ import dagster as dg
 import pytest
 
 from smm_pipeline.config import ConfigError, PipelineConfig, parse_settings
-from smm_pipeline.defs.files import LOOK_GAP_SECONDS, SENSOR_INTERVAL_SECONDS, cursor_seen_earlier
 from smm_pipeline.intake.csv_files import file_hash
 from smm_pipeline.intake.reports import errors_report_path, results_report_path
+from smm_pipeline.lib.file_sensors import (
+    LOOK_GAP_SECONDS,
+    SENSOR_INTERVAL_SECONDS,
+    cursor_seen_earlier,
+)
 from smm_pipeline.operations.inbox import (
     Observation,
     Unreadable,

@@ -17,13 +17,13 @@ import dagster as dg
 import duckdb
 import pytest
 
+from smm_devkit.simulator.testing import running_simulator
 from smm_pipeline.config import PanelConfig, Secret
-from smm_pipeline.defs.polling import PANEL_TAG, POLL_ALL_TAG, due_metadata
+from smm_pipeline.lib.poll_requests import PANEL_TAG, POLL_ALL_TAG, due_metadata
 from smm_pipeline.operations.polling import poll_orders
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.errors import BudgetExhausted
 from smm_pipeline.panel.ratelimit import PanelBudget, Priority
-from smm_pipeline.simulator.testing import running_simulator
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.refills import record_in_flight
 from smm_pipeline.warehouse.status import Cadence
@@ -205,11 +205,11 @@ _RUN = textwrap.dedent(
     """
     import json, sys, time
     import dagster as dg
-    from smm_pipeline.defs.location import build_definitions
+    from smm_pipeline.definitions import load_definitions
 
     job, config, tags = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
     partition = sys.argv[4] or None
-    defs = build_definitions()
+    defs = load_definitions()
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def(job).execute_in_process(
         run_config=config, tags=tags, partition_key=partition,

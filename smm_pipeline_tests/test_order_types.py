@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smm_pipeline.config import DEFAULT_DELAY_VALUES
+from smm_pipeline.money import format_money
 from smm_pipeline.panel.models import Service
 from smm_pipeline.panel.order_types import (
     ALL_FIELDS,
@@ -21,7 +22,6 @@ from smm_pipeline.panel.order_types import (
     Pricing,
     build_add_params,
     estimate_cost,
-    format_money,
     is_http_url,
     parse_expiry,
 )

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+from smm_devkit.simulator.testing import SimulatorAdminError, running_simulator
 from smm_pipeline.config import PanelConfig, Secret
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.errors import (
@@ -30,7 +31,6 @@ from smm_pipeline.panel.errors import (
     TransportError,
 )
 from smm_pipeline.panel.models import CancelResult, RefillResult, RefillStatus
-from smm_pipeline.simulator.testing import SimulatorAdminError, running_simulator
 from smm_pipeline_tests.conftest import TEST_KEY
 
 

@@ -12,8 +12,8 @@ import dagster as dg
 import duckdb
 import pytest
 
-from smm_pipeline.defs.resources import PanelsResource
 from smm_pipeline.intake.csv_files import file_hash
+from smm_pipeline.lib.resources import PanelsResource
 from smm_pipeline.operations.inbox import FileRejected
 from smm_pipeline.operations.order_files import finish_order_file, prepare_order_file
 from smm_pipeline.operations.submission import submit_file

@@ -16,12 +16,12 @@ import duckdb
 import pytest
 import yaml
 
+from smm_devkit.simulator.catalog import SERVICE_TYPES, default_catalog
 from smm_pipeline.config import PROJECT_ROOT, Settings, load_settings
 from smm_pipeline.intake.orders import CatalogEntry, validate_order_file
 from smm_pipeline.intake.refills_cancels import read_cancel_file, read_refill_file
 from smm_pipeline.operations.inbox import Folders
 from smm_pipeline.panel.parsing import parse_services
-from smm_pipeline.simulator.catalog import SERVICE_TYPES, default_catalog
 from smm_pipeline_tests.conftest import TEST_KEY, Pipeline
 from smm_pipeline_tests.dagster_helpers import (
     drop_and_run,

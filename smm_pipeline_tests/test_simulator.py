@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from smm_pipeline.simulator.__main__ import build_parser
-from smm_pipeline.simulator.catalog import SERVICE_TYPES, CatalogError, load_catalog_file
-from smm_pipeline.simulator.faults import parse_fault_spec
-from smm_pipeline.simulator.journal import Journal, JournalError
-from smm_pipeline.simulator.server import _is_loopback
-from smm_pipeline.simulator.testing import (
+from smm_devkit.simulator.__main__ import build_parser
+from smm_devkit.simulator.catalog import SERVICE_TYPES, CatalogError, load_catalog_file
+from smm_devkit.simulator.faults import parse_fault_spec
+from smm_devkit.simulator.journal import Journal, JournalError
+from smm_devkit.simulator.server import _is_loopback
+from smm_devkit.simulator.testing import (
     SimulatorAdminError,
     running_simulator,
     start_simulator_process,

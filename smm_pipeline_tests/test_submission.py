@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from smm_devkit.simulator.testing import ThreadedSimulator, running_simulator
 from smm_pipeline.config import PanelConfig, Secret
 from smm_pipeline.operations.submission import NOT_ENOUGH_FUNDS_STOP, submit_file
 from smm_pipeline.panel.client import PanelClient
-from smm_pipeline.simulator.testing import ThreadedSimulator, running_simulator
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.orders import mark_sending, record_pending
 from smm_pipeline_tests.conftest import TEST_KEY

@@ -15,13 +15,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from smm_pipeline.defs.resources import PanelsResource
+from smm_devkit.simulator.orders import POST_INTERVAL
 from smm_pipeline.intake.csv_files import file_hash
+from smm_pipeline.lib.resources import PanelsResource
 from smm_pipeline.operations.order_files import finish_order_file, prepare_order_file
 from smm_pipeline.operations.polling import observations_frame, poll_orders
 from smm_pipeline.operations.submission import submit_file
 from smm_pipeline.panel.models import OrderStatus
-from smm_pipeline.simulator.orders import POST_INTERVAL
 from smm_pipeline.warehouse import connect
 from smm_pipeline.warehouse.migrations import MIGRATIONS, apply_migrations
 from smm_pipeline.warehouse.schema import MONEY_TYPE

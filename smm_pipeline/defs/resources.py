@@ -1,127 +1,16 @@
-"""Resources: the panel registry (panels.yaml + keys from the environment) and the warehouse.
+"""The resources every job uses, and how runs execute.
 
-Keys never enter run config or resource config: `panels.yaml` names the environment variable of
-each panel's key (`key_env`), and the key is read from the process environment when a client is
-made. Only the path of panels.yaml and of the DuckDB file are resource config.
+Keys never enter run config or resource config: `panels.yaml` names the environment variable
+of each panel's key (`key_env`), read from the process environment when a client is made.
 """
 
-from __future__ import annotations
-
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 import dagster as dg
-import duckdb
 
-from smm_pipeline.config import Settings, duckdb_path_from_env, load_settings
-from smm_pipeline.panel.client import PanelClient
-from smm_pipeline.panel.ratelimit import Priority
-from smm_pipeline.warehouse.db import WarehouseError, connect
-from smm_pipeline.warehouse.snapshot import publish_snapshot, replica_age
+from smm_pipeline.lib.resources import PanelsResource, WarehouseResource
 
-REPLICA_KEY = dg.AssetKey("warehouse_replica")
-PublishContext = dg.OpExecutionContext | dg.AssetExecutionContext
-
-
-class PanelsResource(dg.ConfigurableResource):
-    """The configured panels. `panels_file` defaults to SMM_PANELS_FILE or ./panels.yaml."""
-
-    panels_file: str | None = None
-
-    def settings(self) -> Settings:
-        return load_settings(self.panels_file, check_keys=False)
-
-    @contextmanager
-    def client(self, panel: str) -> Iterator[PanelClient]:
-        settings = self.settings()
-        config = settings.panel(panel)
-        client = PanelClient(config, config.api_key(), budget_dir=settings.budget_dir)
-        try:
-            yield client
-        finally:
-            client.close()
-
-    @contextmanager
-    def clients(
-        self,
-        settings: Settings,
-        only: Iterable[str] | None = None,
-        *,
-        priority: Priority = Priority.SUBMIT,
-    ) -> Iterator[dict[str, PanelClient]]:
-        """Clients for the enabled panels (or `only` those), closed on exit. Every client
-        draws on its panel's budget shared by all run processes; `Priority.POLL` clients take
-        only what submissions leave, and give up after `poll_budget_wait_seconds`."""
-        wanted = set(settings.panel_names if only is None else only)
-        wait = settings.pipeline.poll_budget_wait_seconds if priority is Priority.POLL else None
-        clients = {
-            p.name: PanelClient(
-                p, p.api_key(), budget_dir=settings.budget_dir, priority=priority, budget_wait=wait
-            )
-            for p in settings.enabled_panels
-            if p.name in wanted
-        }
-        try:
-            yield clients
-        finally:
-            for client in clients.values():
-                client.close()
-
-
-class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse. `path` defaults to SMM_DUCKDB_PATH or data/warehouse.duckdb."""
-
-    path: str | None = None
-
-    @property
-    def db_path(self) -> Path:
-        return Path(self.path) if self.path else duckdb_path_from_env()
-
-    @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with connect(self.db_path) as conn:
-            yield conn
-
-    def publish(self, context: PublishContext, settings: Settings) -> None:
-        """Refresh the analysts' read-only replica after a write, unless it was published less
-        than `pipeline.replica_max_lag_seconds` ago (then the next run, or replica_sensor,
-        publishes it within that bound). Call it after the run's signals to the sensors
-        (materializations), so that a failed publish cannot lose them."""
-        max_lag = settings.pipeline.replica_max_lag_seconds
-        age = replica_age(self.db_path)
-        if age is not None and age < max_lag:
-            context.log.info(
-                f"replica published {age:.0f} s ago: left for later (it is republished within "
-                f"pipeline.replica_max_lag_seconds = {max_lag} s)"
-            )
-            return
-        self.publish_now(context, max_lag)
-
-    def publish_now(self, context: PublishContext, max_lag: int) -> bool:
-        """Publish the replica now, and report its cost as a `warehouse_replica`
-        materialization. A failure (the live file held too long, a full disk) is a warning,
-        never the run's failure: the run's writes are committed, and the replica is published
-        again by the next run or replica_sensor."""
-        started = time.perf_counter()
-        try:
-            replica = publish_snapshot(self.db_path)
-        except (WarehouseError, duckdb.Error, OSError) as exc:
-            context.log.warning(f"the read-only replica was not refreshed this time: {exc}")
-            return False
-        seconds = time.perf_counter() - started
-        context.log_event(
-            dg.AssetMaterialization(
-                asset_key=REPLICA_KEY,
-                description="replica published",
-                metadata={
-                    "publish_seconds": dg.MetadataValue.float(round(seconds, 3)),
-                    "replica_mb": dg.MetadataValue.float(round(replica.stat().st_size / 1e6, 2)),
-                    "max_lag_seconds": max_lag,
-                    "path": dg.MetadataValue.path(str(replica)),
-                },
-            )
-        )
-        context.log.info(f"replica published in {seconds:.2f} s ({replica})")
-        return True
+defs = dg.Definitions(
+    resources={"panels": PanelsResource(), "warehouse": WarehouseResource()},
+    # Every job's steps run one after another in the run's process: a process per step would
+    # only add start-up time.
+    executor=dg.in_process_executor,
+)

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from smm_pipeline.config import Settings
 from smm_pipeline.intake.row_errors import RowError
-from smm_pipeline.panel.order_types import format_money
+from smm_pipeline.money import format_money
 
 __all__ = ["batch_errors", "panel_totals"]
 

@@ -30,7 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from smm_pipeline.intake.row_errors import RowError
-from smm_pipeline.panel.order_types import format_money
+from smm_pipeline.money import format_money
 
 __all__ = [
     "ERRORS_COLUMNS",

@@ -54,7 +54,7 @@ CANCEL_SPEC = ActionSpec(
 )
 
 
-def cancel_order_file(
+def process_cancel_file(
     settings: Settings,
     db_path: Path,
     file_name: str,

@@ -206,7 +206,7 @@ REFILL_SPEC = ActionSpec(
 )
 
 
-def request_refill_file(
+def process_refill_file(
     settings: Settings,
     db_path: Path,
     file_name: str,

@@ -56,7 +56,6 @@ __all__ = [
     "build_add_params",
     "http_url_lines",
     "estimate_cost",
-    "format_money",
     "is_http_url",
     "parse_expiry",
     "unit_price",
@@ -275,14 +274,6 @@ def parse_expiry(value: str) -> date:
     if m:
         return date(int(m[1]), int(m[2]), int(m[3]))
     raise ValueError(value)
-
-
-def format_money(amount: Decimal) -> str:
-    """Plain decimal notation, exact: never `1E+1`, no trailing zeros (`0.09000` → `0.09`)."""
-    text = f"{amount:f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
 
 
 def _shown(value: str, limit: int = 60) -> str:

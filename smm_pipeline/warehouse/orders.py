@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import duckdb
 import pandas as pd
 
-from smm_pipeline.panel.order_types import format_money
+from smm_pipeline.money import format_money
 from smm_pipeline.warehouse.journal import dead_claims, journal_ids
 from smm_pipeline.warehouse.timestamps import require_aware
 

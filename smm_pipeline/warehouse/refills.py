@@ -423,8 +423,10 @@ def apply_refill_statuses(
     return int(changed), int(errors)
 
 
-def count_requests(conn: duckdb.DuckDBPyConnection, table: RequestTable) -> int:
-    """Rows in `refills` or `cancels` (the asset's row count)."""
+def row_count(
+    conn: duckdb.DuckDBPyConnection, table: Literal["orders", "refills", "cancels"]
+) -> int:
+    """Rows in `orders`, `refills` or `cancels` (the asset's `dagster/row_count`)."""
     return int(conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
 
 
