@@ -56,7 +56,6 @@ from smm_pipeline.panel.ratelimit import PanelBudget, Priority, budget_for
 log = logging.getLogger(__name__)
 
 MAX_IDS_PER_CALL = 100
-READ_ACTIONS = frozenset({"services", "status", "refill_status", "balance"})
 WRITE_ACTIONS = frozenset({"add", "refill", "cancel"})
 _MAX_BACKOFF_SECONDS = 30.0
 

@@ -121,10 +121,3 @@ class AmbiguousSubmissionError(PanelError):
         )
         self.cause = cause
         self.stops_batch = stops_batch
-
-
-class UnknownStatusError(InvalidResponseError):
-    """The panel used a status word we do not know; worth seeing, never guessed."""
-
-
-RETRYABLE = (TransportError, HTTPStatusError, InvalidResponseError)

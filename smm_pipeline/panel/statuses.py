@@ -2,15 +2,6 @@
 
 from __future__ import annotations
 
-ORDER_STATUSES = (
-    "Pending",
-    "In progress",
-    "Processing",
-    "Completed",
-    "Partial",
-    "Canceled",
-    "Refunded",
-)
 # The one definition of a finished order (subscriptions end Expired): never polled again.
 # A tuple, so that SQL can use its repr as an IN list.
 FINISHED_STATUSES = ("Completed", "Partial", "Canceled", "Refunded", "Expired")
