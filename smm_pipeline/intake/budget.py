@@ -1,4 +1,5 @@
-"""Does a file's batch fit each panel's money? (SPEC §3: fresh balance and max_batch_spend.)
+"""Does a file's batch fit each panel's money? (README, CSV drops: Orders: fresh balance and
+max_batch_spend.)
 
 Checked per panel on the estimated costs of the rows that validated, before anything is sent.
 A panel with no known balance cannot be checked, so it is refused rather than guessed. The

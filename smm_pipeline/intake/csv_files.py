@@ -1,4 +1,5 @@
-"""Reading a dropped CSV file the way SPEC §3 promises, with errors a user can act on.
+"""Reading a dropped CSV file the way the README promises (CSV drops), with errors a user can
+act on.
 
 UTF-8 with or without a BOM, a header row, commas, RFC 4180 quoting (a quoted cell may hold
 commas, doubled quotes and line breaks), `\\r\\n` or `\\n` line ends. Header names are trimmed

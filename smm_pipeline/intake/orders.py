@@ -1,9 +1,9 @@
 """An order file → validated order rows with their exact `add` fields and costs, or errors.
 
-Every row is checked against the current catalog before anything is sent (SPEC §3); any error
-means the caller refuses the whole file. Row numbers: data records count from 1, the header is
-row 0 (the same numbers `errors.csv` and `results.csv` use); batch errors are row 0, column
-"batch".
+Every row is checked against the current catalog before anything is sent (README, CSV drops:
+Orders); any error means the caller refuses the whole file. Row numbers: data records count
+from 1, the header is row 0 (the same numbers `errors.csv` and `results.csv` use); batch errors
+are row 0, column "batch".
 
 Refs. A row's `ref` is the user's id for it, unique per panel. Without one, the ref is derived
 from the row's content: "auto-" and 24 hex digits of the sha256 of the panel and the exact,

@@ -1,4 +1,5 @@
-"""Refill and cancel files → the orders they name, or per-row errors (SPEC §3).
+"""Refill and cancel files → the orders they name, or per-row errors (README, Refills and
+cancels: File format).
 
 Columns: `order` (the panel's order id) or `ref` (the order row's ref), exactly one of them
 filled per row, and `panel` where more than one panel is enabled. Whether an order may be

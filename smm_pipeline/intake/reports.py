@@ -1,4 +1,5 @@
-"""The reports a user finds beside a processed or rejected file (SPEC §3).
+"""The reports a user finds beside a processed or rejected file (README, CSV drops;
+Refills and cancels: Results).
 
 `<name>.errors.csv` (row, column, message) beside a rejected file, `<name>.results.csv` (one
 line per order row) beside a processed one; `<name>` is the dropped file's name without its

@@ -1,8 +1,9 @@
 """Cancel files: the cancel specifics of the refill/cancel file lifecycle (operations/refills.py).
 
-Only orders on cancel=true services that are still unfinished are sent (SPEC §3). An accepted
-cancel makes the order due for a status poll at once, so its Canceled status and the refund
-are picked up by the next `poll_order_statuses` run rather than at the order's old cadence.
+Only orders on cancel=true services that are still unfinished are sent (README, Refills and
+cancels: What is sent, what is refused). An accepted cancel makes the order due for a status
+poll at once, so its Canceled status and the refund are picked up by the next
+`poll_order_statuses` run rather than at the order's old cadence.
 """
 
 from __future__ import annotations

@@ -149,7 +149,8 @@ class ActionFileSummary:
 
 
 def refill_refusal(target: Any) -> str | None:
-    """Why an order may not be refilled (SPEC §3: refill=true services, finished orders)."""
+    """Why an order may not be refilled (README, Refills and cancels: refill=true
+    services, orders finished Completed or Partial)."""
     problem = order_problem(target, "refilled")
     if problem:
         return problem

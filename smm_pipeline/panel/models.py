@@ -29,8 +29,9 @@ class Balance:
 class OrderStatus:
     """One order's status, or a per-item error (then `error` is set and the rest is None).
 
-    `status` is the normalised word (SPEC §1), `raw_status` the panel's own. Subscriptions
-    (`is_subscription`) carry `expiry`, `posts` and their child `orders` instead of charge etc.
+    `status` is the normalised word (README, The warehouse (DuckDB)), `raw_status` the panel's
+    own. Subscriptions (`is_subscription`) carry `expiry`, `posts` and their child `orders`
+    instead of charge etc.
     """
 
     order_id: int

@@ -1,4 +1,5 @@
-"""The `add` fields of each service type (SPEC §1 table) and the cost of an order.
+"""The `add` fields of each service type (the type table of README, CSV drops:
+Orders) and the cost of an order.
 
 A panel's catalog says a service's `type`; the type decides which form fields `add` needs,
 which of them are lists (sent one item per line), where the order's quantity comes from and
@@ -81,7 +82,7 @@ class Pricing(enum.Enum):
 
 @dataclass(frozen=True)
 class OrderType:
-    """One row of the SPEC §1 table."""
+    """One row of the README's type table (CSV drops: Orders)."""
 
     name: str
     required: tuple[str, ...]

@@ -1,4 +1,4 @@
-"""Normalisation of the status words panels use (SPEC §1)."""
+"""Normalisation of the status words panels use (README, The warehouse (DuckDB))."""
 
 from __future__ import annotations
 

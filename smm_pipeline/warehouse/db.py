@@ -57,7 +57,8 @@ class WarehouseLockedError(WarehouseError):
 
 
 def default_db_path(environ: Mapping[str, str] | None = None) -> Path:
-    """The warehouse file of SPEC §2 (`SMM_DUCKDB_PATH`, else `SMM_DATA_DIR/warehouse.duckdb`).
+    """The warehouse file: `SMM_DUCKDB_PATH`, else `SMM_DATA_DIR/warehouse.duckdb` (README,
+    Configuration: Environment).
 
     Resolved from the environment alone so that notebooks need no panels.yaml or API keys.
     """

@@ -1,10 +1,10 @@
-"""The tables of migration 001 (SPEC §5 plus the columns the pipeline needs), and the tables
-later migrations add (`SUBSCRIPTION_ORDERS`, migration 006).
+"""The tables of migration 001 (README, The warehouse (DuckDB), plus the columns the pipeline
+needs), and the tables later migrations add (`SUBSCRIPTION_ORDERS`, migration 006).
 
 Money was DECIMAL(18,6) here; migration 003 widens every money column of `MONEY_COLUMNS` to
 `MONEY_TYPE` (that list is migration 003's and stays as it is: later tables are created at
 `MONEY_TYPE` directly). Every timestamp is TIMESTAMPTZ stored in UTC. The CHECK constraints pin
-the state words the SPEC defines, so a typo in a writer fails loudly instead of producing a row
+the state words the README lists, so a typo in a writer fails loudly instead of producing a row
 no view counts.
 """
 

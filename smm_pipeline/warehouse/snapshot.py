@@ -1,4 +1,5 @@
-"""A read-only replica of the warehouse, so analysts never block the pipeline (SPEC §5).
+"""A read-only replica of the warehouse, so analysts never block the pipeline (README,
+Querying while the pipeline runs).
 
 DuckDB allows one writing process per file, and a reader of that file holds a lock the writer
 cannot take. So readers never open the warehouse itself: after each write run the pipeline
