@@ -342,11 +342,18 @@ def parse_settings(
     if not isinstance(raw_panels, list) or not raw_panels:
         raise ConfigError(f"{source or 'panels.yaml'}: 'panels:' must be a non-empty list")
     panels = [_parse_panel(raw, i) for i, raw in enumerate(raw_panels)]
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for p in panels:
-        if p.name in seen:
+        if p.name in seen.values():
             raise ConfigError(f"panel {p.name!r}: field name is used twice; names must be unique")
-        seen.add(p.name)
+        # Dagster names (the low-balance check of each panel) allow `_` but not `-`.
+        twin = seen.get(p.name.replace("-", "_"))
+        if twin is not None:
+            raise ConfigError(
+                f"panel {p.name!r}: field name differs from panel {twin!r} only by - and _, "
+                "which Dagster's check names cannot tell apart; rename one"
+            )
+        seen[p.name.replace("-", "_")] = p.name
     if not any(p.enabled for p in panels):
         raise ConfigError(f"{source or 'panels.yaml'}: no panel is enabled")
     if check_keys:

@@ -59,6 +59,7 @@ def test_defaults_and_exact_money():
         ([panel(url="ftp://x/api")], None, "panel 'p1': field url must be an http(s) URL"),
         ([panel(url="http://panel.example/api")], None, "panel 'p1': field url must use https"),
         ([panel(), panel()], None, "panel 'p1': field name is used twice"),
+        ([panel(name="a-b"), panel(name="a_b")], None, "panel 'a_b': field name differs from"),
         ([panel(name="Bad Name")], None, "panel 'Bad Name': field name must match"),
         ([panel(max_concurrency=0)], None, "panel 'p1': field max_concurrency must be a positive"),
         ([panel(max_batch_spend="ten")], None, "panel 'p1': field max_batch_spend must be a dec"),

@@ -230,3 +230,23 @@ def test_a_balance_run_evaluates_only_its_own_panels_low_balance_check(
         asset_check_selection=checks.resolve_checks(pipeline.defs().resolve_asset_graph())
     ).execute_in_process(instance=instance, raise_on_error=False)
     assert sorted(evaluated(unpartitioned)) == ["low_balance_a", "low_balance_b"]
+
+
+def test_a_panel_name_with_a_dash_loads_and_gets_its_low_balance_check(
+    tmp_path, monkeypatch, sim, instance
+):
+    """`[a-z0-9_-]+` is a valid panel name; Dagster names allow no `-`, so the check of panel
+    `my-panel` is `low_balance_my_panel`, and a balance run of its partition evaluates it."""
+    pipeline = make_pipeline(
+        tmp_path, monkeypatch, [panel_yaml("my-panel", sim.url, low_balance_threshold='"5"')]
+    )
+    defs = pipeline.defs()
+    dg.Definitions.validate_loadable(defs)
+    result = materialize(pipeline, instance, "panel_balances", partition="my-panel")
+    [check] = [
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    assert check.check_name == "low_balance_my_panel"
+    assert check.passed

@@ -99,3 +99,30 @@ def test_the_check_fails_with_the_listing(pipeline, warehouse) -> None:
     assert preview.startswith("| kind | state | panel | ref |")
     assert "| refill | ambiguous | sim | old |" in preview
     assert evaluations["stuck_orders"].metadata["count"].value == 1
+
+
+def test_every_write_to_orders_runs_the_order_checks(pipeline) -> None:
+    """The checks' automation condition requests them once after each `orders` materialization
+    (what order_checks_automation evaluates), and not again until the next write."""
+    defs = pipeline.defs()
+    checks = dg.AssetSelection.checks_for_assets("orders")
+    names = {"ambiguous_submissions", "stuck_orders", "orders_on_vanished_services"}
+
+    def requested(instance, cursor):
+        result = dg.evaluate_automation_conditions(
+            defs, instance, asset_selection=checks, cursor=cursor
+        )
+        keys = {r.key.name for r in result.results if r.true_subset.size}
+        return keys, result.cursor
+
+    with dg.instance_for_test() as instance:
+        keys, cursor = requested(instance, None)
+        assert keys == set()  # nothing written yet
+        instance.report_runless_asset_event(dg.AssetMaterialization("orders"))
+        keys, cursor = requested(instance, cursor)
+        assert keys == names
+        keys, cursor = requested(instance, cursor)
+        assert keys == set()  # handled: no second request for the same write
+        instance.report_runless_asset_event(dg.AssetMaterialization("orders"))
+        keys, cursor = requested(instance, cursor)
+        assert keys == names

@@ -47,6 +47,7 @@ SENSORS = {
     "order_status_sensor",
     "refill_status_sensor",
     "replica_sensor",
+    "order_checks_automation",
 }
 SCHEDULES = {
     "service_catalog_hourly",
@@ -109,7 +110,8 @@ def _write_config(tmp_path: Path, sim_url: str) -> tuple[Path, Path, Path]:
                     }
                 ],
                 # Polled again right away: the status sensor's next tick finds them due.
-                "pipeline": {"poll_min_interval_minutes": 0.01},
+                # The replica follows every write: the test reads it.
+                "pipeline": {"poll_min_interval_minutes": 0.01, "replica_max_lag_seconds": 0},
             }
         ),
         encoding="utf-8",
@@ -245,6 +247,19 @@ def test_daemon_sensors_submit_a_dropped_file_and_poll_its_progress(deployment):
             ],
         )
         assert {r.job_name for r in polls} == {"poll_order_statuses"}
+
+        # The order checks ran right after the writes to `orders`, launched by their automation
+        # condition (order_checks_automation), not by their 15-minute schedule.
+        ambiguous = dg.AssetCheckKey(dg.AssetKey("orders"), "ambiguous_submissions")
+        executions = d.wait_for(
+            "order_checks_automation to run the order checks",
+            lambda: instance.event_log_storage.get_asset_check_execution_history(
+                ambiguous, limit=5
+            ),
+        )
+        check_runs = [instance.get_run_by_id(e.run_id) for e in executions]
+        assert all(r.tags.get("dagster/sensor_name") == "order_checks_automation"
+                   for r in check_runs), [r.tags for r in check_runs]  # fmt: skip
 
         # Every shipped sensor and schedule runs by default: the sensor daemon has ticked each
         # sensor, and the scheduler has taken up each schedule (their next tick is at their

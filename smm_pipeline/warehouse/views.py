@@ -1,4 +1,4 @@
-"""Analytics views (SPEC §5): what was spent, what was delivered, which panel to use next.
+"""Analytics views (README, The warehouse): what was spent and delivered, which panel next.
 
 Views rather than tables so that they are always as fresh as the tables and survive the copy
 into the read-only replica. Money stays DECIMAL end to end and sums of money stay at the stored
@@ -62,6 +62,9 @@ TRY_CAST: a change value that is not a number gives NULL rates on its row instea
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import duckdb
 
 from smm_pipeline.panel.statuses import FINISHED_REFILL_STATUSES, FINISHED_STATUSES
@@ -71,16 +74,6 @@ SUBSCRIPTION_TYPE = "Subscriptions"
 
 RUNWAY_DAYS = 7  # balance_runway's spend window
 FINISHED_REFILLS = tuple(sorted(FINISHED_REFILL_STATUSES))
-
-VIEW_NAMES = (
-    "order_facts",
-    "spend_facts",
-    "spend_daily",
-    "delivery_by_service",
-    "provider_scorecard",
-    "price_changes",
-    "balance_runway",
-)
 
 # The exact integer of x at 18 places (x * 10^18), split so that no DECIMAL step overflows.
 MONEY_UNITS = """
@@ -426,20 +419,93 @@ LEFT JOIN recent_spend AS s
     ON s.panel = l.panel AND s.currency IS NOT DISTINCT FROM l.currency
 """
 
-_STATEMENTS = (
-    MONEY_UNITS,
-    MONEY_DIV,
-    ORDER_FACTS,
-    SPEND_FACTS,
-    SPEND_DAILY,
-    DELIVERY_BY_SERVICE,
-    PROVIDER_SCORECARD,
-    PRICE_CHANGES,
-    BALANCE_RUNWAY,
+
+@dataclass(frozen=True)
+class View:
+    """One view of the warehouse: its statement, what it tells, and what it reads."""
+
+    name: str
+    statement: str
+    description: str
+    reads: tuple[str, ...]
+
+
+# Every view, in dependency order: the one list (create_views, the Dagster assets, tests).
+VIEWS = (
+    View(
+        "order_facts",
+        ORDER_FACTS,
+        "Per order row: effective spend, delivered quantity, minutes to start and finish.",
+        ("orders", "services", "balances", "order_status_history", "subscription_orders"),
+    ),
+    View(
+        "spend_facts",
+        SPEND_FACTS,
+        "Every amount of money once, at the moment it counts (a subscription's child orders "
+        "on the day they were charged).",
+        ("order_facts", "subscription_orders"),
+    ),
+    View(
+        "spend_daily",
+        SPEND_DAILY,
+        "Spend per day, panel, currency, category, service and campaign (charged and still "
+        "estimated).",
+        ("spend_facts",),
+    ),
+    View(
+        "delivery_by_service",
+        DELIVERY_BY_SERVICE,
+        "Per service: orders, completion rate, delivered quantity, median minutes to start "
+        "and finish, cost per 1000 delivered.",
+        ("order_facts",),
+    ),
+    View(
+        "provider_scorecard",
+        PROVIDER_SCORECARD,
+        "Per panel and category: price per 1000, completion, partial and refill rates, "
+        "speed: which panel to use next.",
+        ("order_facts", "services", "refills"),
+    ),
+    View(
+        "price_changes",
+        PRICE_CHANGES,
+        "Every rate change of a service, with old and new rate and the change in percent.",
+        ("service_changes", "services"),
+    ),
+    View(
+        "balance_runway",
+        BALANCE_RUNWAY,
+        f"Per panel: the latest balance, the last {RUNWAY_DAYS} days' spend per day and the "
+        "days it lasts at that pace.",
+        ("balances", "spend_facts"),
+    ),
 )
+VIEW_NAMES = tuple(view.name for view in VIEWS)
 
 
 def create_views(conn: duckdb.DuckDBPyConnection) -> None:
-    """(Re)create the `money_div` macro and every analytics view, in dependency order."""
-    for statement in _STATEMENTS:
-        conn.execute(statement)
+    """(Re)create the money macros and every analytics view, in dependency order."""
+    conn.execute(MONEY_UNITS)
+    conn.execute(MONEY_DIV)
+    for view in VIEWS:
+        conn.execute(view.statement)
+
+
+@functools.cache
+def view_columns() -> dict[str, tuple[tuple[str, str], ...]]:
+    """Each view's columns and types, as DuckDB describes them on an empty warehouse in
+    memory (built once per process, about 0.1 s): the views' schemas, never a second list."""
+    from smm_pipeline.warehouse.migrations import apply_migrations
+
+    conn = duckdb.connect(":memory:")
+    try:
+        apply_migrations(conn)
+        return {
+            view.name: tuple(
+                (str(row[0]), str(row[1]))
+                for row in conn.execute(f"DESCRIBE {view.name}").fetchall()
+            )
+            for view in VIEWS
+        }
+    finally:
+        conn.close()

@@ -14,12 +14,13 @@ import dagster as dg
 
 from smm_pipeline.lib.resources import REPLICA_KEY, PanelsResource, WarehouseResource
 from smm_pipeline.warehouse.snapshot import replica_is_stale, warehouse_mtime
+from smm_pipeline.warehouse.views import VIEW_NAMES
 
 replica_asset = dg.AssetSpec(
     REPLICA_KEY,
     group_name="warehouse",
     kinds={"duckdb"},
-    deps=["orders", "refills", "cancels", "service_catalog", "panel_balances"],
+    deps=["orders", "refills", "cancels", "service_catalog", "panel_balances", *VIEW_NAMES],
     description="`<warehouse>.read.duckdb`: the copy analysts open read-only (notebooks, the "
     "DuckDB shell). At most pipeline.replica_max_lag_seconds (plus the sensor's 30 s) behind "
     "a changing warehouse.",
