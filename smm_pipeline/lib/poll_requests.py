@@ -18,7 +18,7 @@ from datetime import datetime
 import dagster as dg
 
 from smm_pipeline.config import Settings
-from smm_pipeline.lib.metadata import frame_preview, timestamp
+from smm_pipeline.lib.metadata import frame_preview, markdown_table, timestamp
 from smm_pipeline.lib.resources import WarehouseResource
 from smm_pipeline.warehouse.refills import (
     open_refills_summary_by_panel,
@@ -216,3 +216,57 @@ def refills_materialization(
             "latest_requests": frame_preview(latest),
         },
     )
+
+
+def poll_scope(context: dg.OpExecutionContext, settings: Settings) -> tuple[bool, list[str]]:
+    """What a poll run polls: everything open (tag `smm/poll: all`) or only what is due, and
+    of which panels (`polled_panels`)."""
+    return context.run.tags.get(POLL_ALL_TAG) == "all", polled_panels(context, settings)
+
+
+def poll_metadata(report, *, poll_all: bool, only: list[str], what: str) -> dict:
+    """The output metadata every poll step reports (an order or a refill `PollReport`)."""
+    return {
+        "mode": "all unfinished" if poll_all else "due only",
+        "panels": ", ".join(only),
+        "due": report.due,
+        "polled": report.polled,
+        "deferred_to_next_poll": sum(report.deferred.values()),
+        "changed": report.changed,
+        "status_calls": report.calls,
+        "open_after": report.open_after,
+        "statuses": dg.MetadataValue.md(
+            markdown_table(sorted(report.statuses.items()), ["status", what])
+        ),
+    }
+
+
+def fail_on_failed_panels(report, what: str) -> None:
+    """A poll whose panels failed fails its run, after recording the others."""
+    if report.failed_panels:
+        raise dg.Failure(
+            f"{what} failed for "
+            + "; ".join(f"{p}: {m}" for p, m in sorted(report.failed_panels.items()))
+            + " (the other panels were recorded)"
+        )
+
+
+def status_sensor(
+    name: str, job: dg.JobDefinition, key: dg.AssetKey, what: str
+) -> dg.SensorDefinition:
+    """`order_status_sensor` / `refill_status_sensor`: one poll run of `job` per due panel."""
+
+    @dg.sensor(
+        name=name,
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Launches {job.name} for each panel whose open {what} are due, one run "
+        "per panel at a time.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext):
+        return due_poll_requests(
+            context.instance, key, job.name, what, retry_seconds=STATUS_SENSOR_RETRY_SECONDS
+        )
+
+    return _sensor
