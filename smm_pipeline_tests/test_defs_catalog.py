@@ -189,7 +189,8 @@ def test_the_key_is_absent_from_catalog_and_balance_event_logs(pipeline, sim, in
 
 def test_no_step_holds_a_pool_slot(pipeline):
     """Steps open the warehouse in short connections only, so none may queue behind another
-    run's pool slot (README, Runs side by side: a long submission never delays another panel's polls)."""
+    run's pool slot (README, Runs side by side: a long submission never delays another
+    panel's polls)."""
     defs = pipeline.defs()
     checked = 0
     for job in defs.resolve_all_job_defs():
