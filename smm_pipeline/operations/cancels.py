@@ -1,4 +1,7 @@
-"""Cancel files: the cancel specifics of the refill/cancel file lifecycle (operations/refills.py).
+"""Cancel files: which orders may be cancelled, and how a cancel is sent and recorded.
+
+The rest of a cancel file's life is the lifecycle it shares with refill files
+(`operations/action_files.py`).
 
 Only orders on cancel=true services that are still unfinished are sent (README, Refills and
 cancels: What is sent, what is refused). An accepted cancel makes the order due for a status
@@ -8,24 +11,11 @@ poll at once, so its Canceled status and the refund are picked up by the next
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-from smm_pipeline.config import Settings
-from smm_pipeline.operations.refills import (
-    ActionFileSummary,
-    ActionSpec,
-    handle_action_file,
-    order_problem,
-)
-from smm_pipeline.panel.client import PanelClient
+from smm_pipeline.operations.action_files import ActionSpec, order_problem
 from smm_pipeline.panel.statuses import FINISHED_STATUSES
 from smm_pipeline.warehouse.refills import cancel_state, record_cancel_outcomes
-from smm_pipeline.warehouse.status import Cadence
-
-log = logging.getLogger(__name__)
 
 CANCEL_REPORT_COLUMNS = ("row", "panel", "order", "ref", "service", "result", "error")
 
@@ -55,17 +45,5 @@ CANCEL_SPEC = ActionSpec(
 )
 
 
-def process_cancel_file(
-    settings: Settings,
-    db_path: Path,
-    file_name: str,
-    file_hash: str,
-    clients: Mapping[str, PanelClient],
-    cadence: Cadence,
-    *,
-    progress: Callable[[str], None] = log.info,
-) -> ActionFileSummary:
-    """Handle one file dropped in inbox/cancels/ (raises FileRejected)."""
-    return handle_action_file(
-        CANCEL_SPEC, settings, db_path, file_name, file_hash, clients, cadence, progress=progress
-    )
+# Handle one file dropped in inbox/cancels/ (raises FileRejected).
+process_cancel_file = CANCEL_SPEC.process
