@@ -41,7 +41,7 @@ from smm_pipeline.panel.client import MAX_IDS_PER_CALL, BatchStop, PanelClient, 
 from smm_pipeline.panel.errors import PanelError
 from smm_pipeline.panel.models import RefillResult
 from smm_pipeline.warehouse.db import connect
-from smm_pipeline.warehouse.processed_files import FileClaim, claim_file, finish_file
+from smm_pipeline.warehouse.processed_files import FileClaim, claim_file, record_file
 from smm_pipeline.warehouse.refills import (
     RequestTable,
     file_requests,
@@ -142,7 +142,7 @@ class ActionSpec:
             results_report_path(folders.processed, target_name), self, summary.outcomes
         )
         with connect(db_path) as conn:
-            finish_file(conn, digest, self.folder, "processed", len(summary.outcomes))
+            _record(conn, self, claim, "processed", len(summary.outcomes))
         summary.calls = sum(c.total_calls for c in clients.values()) - calls_before
         summary.seconds = time.perf_counter() - started
         progress(summary.line)
@@ -245,8 +245,18 @@ def _reject(
 ) -> FileRejected:
     rejected = reject_file(source, folders, errors, nothing="requested")
     if claim.previous_outcome != "processed":  # never forget that content was processed
-        finish_file(conn, claim.file_hash, spec.folder, "rejected", 0)
+        _record(conn, spec, claim, "rejected", 0)
     return rejected
+
+
+def _record(
+    conn: duckdb.DuckDBPyConnection, spec: ActionSpec, claim: FileClaim, outcome: str, rows: int
+) -> None:
+    """The claimed file's outcome; it keeps the name and time of its first sighting."""
+    record_file(
+        conn, file_hash=claim.file_hash, kind=spec.folder, file_name=claim.file_name,
+        outcome=outcome, rows=rows, seen_at=claim.first_seen_at,
+    )  # fmt: skip
 
 
 def _earlier_by_order(frame: pd.DataFrame) -> dict[tuple[str, int], Any]:

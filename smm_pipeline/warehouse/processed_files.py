@@ -1,12 +1,18 @@
 """The `processed_files` table: what became of each dropped file's content, per inbox.
 
-A file is identified by its content (sha256) *and* its kind (orders, refills, cancels): the
-same bytes dropped in the wrong inbox are a different file there, so rejecting them in one
-inbox never makes another inbox forget (or believe) that it handled them. The name and time of
-the content's first sighting are kept; the outcome is the latest run's:
+The one module that reads or writes the table. A file is identified by its content (sha256)
+*and* its kind (orders, refills, cancels): the same bytes dropped in the wrong inbox are a
+different file there, so rejecting them in one inbox never makes another inbox forget (or
+believe) that it handled them. The time of the content's first sighting is kept; the outcome
+is the latest run's:
 
 - orders: `rejected`, `accepted` (its rows are in the outbox), `processed` (reported);
 - refills and cancels: `requesting` (a run is on it), `processed`, `rejected`.
+
+Three verbs: `file_state` looks a content up, `claim_file` looks it up and, when its inbox has
+not seen it, records it as `requesting` (refills and cancels, which then keep the first
+sighting's name), and `record_file` writes an outcome (and the name it is known by: for an
+order file once processed, its name in processed/).
 """
 
 from __future__ import annotations
@@ -36,11 +42,20 @@ def file_state(
     """(file_name, outcome) of this content in this inbox, if it was seen there before.
 
     For order files the name is the one in processed/ once the outcome is `processed`."""
+    row = _row(conn, file_hash, kind)
+    return (row[0], row[2]) if row else None
+
+
+def _row(conn: duckdb.DuckDBPyConnection, file_hash: str, kind: str) -> tuple | None:
+    """(file_name, first_seen_at, outcome) of this content in this inbox, or None."""
     rows = conn.execute(
-        "SELECT file_name, outcome FROM processed_files WHERE file_hash = ? AND kind = ?",
+        """
+        SELECT file_name, first_seen_at, outcome FROM processed_files
+        WHERE file_hash = ? AND kind = ?
+        """,
         [file_hash, kind],
     ).fetchall()
-    return (rows[0][0], rows[0][1]) if rows else None
+    return rows[0] if rows else None
 
 
 def record_file(
@@ -53,7 +68,8 @@ def record_file(
     rows: int,
     seen_at: datetime,
 ) -> None:
-    """Remember a handled drop file (first sighting kept, latest outcome and name)."""
+    """Remember a handled drop file: its latest outcome, row count and name (`seen_at`, the
+    first sighting, is written only when the inbox has not seen the content before)."""
     conn.execute(
         """
         INSERT INTO processed_files (file_hash, kind, file_name, first_seen_at, outcome, rows)
@@ -71,15 +87,9 @@ def claim_file(
     """Record the content as being handled (outcome `requesting`) unless this inbox knows it
     already; the first sighting's name and time are kept either way."""
     now = require_aware(now, "now")
-    rows = conn.execute(
-        """
-        SELECT file_name, first_seen_at, outcome FROM processed_files
-        WHERE file_hash = ? AND kind = ?
-        """,
-        [file_hash, kind],
-    ).fetchall()
-    if rows:
-        name, first_seen, outcome = rows[0]
+    row = _row(conn, file_hash, kind)
+    if row:
+        name, first_seen, outcome = row
         return FileClaim(file_hash, name or file_name, first_seen or now, outcome)
     conn.execute(
         """
@@ -89,13 +99,3 @@ def claim_file(
         [file_hash, kind, file_name, now],
     )
     return FileClaim(file_hash, file_name, now, None)
-
-
-def finish_file(
-    conn: duckdb.DuckDBPyConnection, file_hash: str, kind: str, outcome: str, rows: int
-) -> None:
-    """Set the outcome (`processed` or `rejected`) of a claimed file."""
-    conn.execute(
-        "UPDATE processed_files SET outcome = ?, rows = ? WHERE file_hash = ? AND kind = ?",
-        [outcome, rows, file_hash, kind],
-    )
