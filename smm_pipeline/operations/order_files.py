@@ -43,6 +43,7 @@ from smm_pipeline.intake.reports import (
     write_results_csv,
 )
 from smm_pipeline.intake.row_errors import RowError
+from smm_pipeline.money import money_text
 from smm_pipeline.operations.catalog import CatalogRefresh, refresh_balance, refresh_catalog
 from smm_pipeline.operations.inbox import (
     FileRejected,
@@ -232,6 +233,12 @@ def _redrop(file_name: str, file_hash: str, recorded: list[FileRow], original: s
     )
 
 
+def _currency(balances: Mapping[str, tuple[Decimal, str]]) -> str | None:
+    """The currency of a spend over these panels: theirs when they share one, else unsaid."""
+    currencies = {currency for _, currency in balances.values() if currency}
+    return currencies.pop() if len(currencies) == 1 else None
+
+
 def _balances(
     db_path: Path, clients: Mapping[str, PanelClient], panels: list[str], log: Callable[[str], None]
 ) -> dict[str, tuple[Decimal, str]]:
@@ -305,11 +312,13 @@ def _resume(
     if content is not None:
         skipped += _unrecorded_rows(settings, db_path, content, file_name, recorded, log)
     spend = sum((r.estimated_cost for r in pending), Decimal(0))
+    balances = _balances(db_path, clients, panels, log)
     log(f"{file_name}: {len(recorded)} rows already recorded by an earlier run: resuming, "
-        f"{len(pending)} still to send, estimated spend {spend}")  # fmt: skip
+        f"{len(pending)} still to send, estimated spend "
+        f"{money_text(spend, _currency(balances))}")  # fmt: skip
     return PreparedOrderFile(
         file_name, file_hash, len(recorded) + len(skipped), len(pending), panels, spend,
-        balances_before=_balances(db_path, clients, panels, log), skipped=skipped, resumed=True,
+        balances_before=balances, skipped=skipped, resumed=True,
     )  # fmt: skip
 
 
@@ -447,7 +456,7 @@ def prepare_order_file(
         log(f"warning: {w}")
     log(
         f"{file_name}: {len(rows)} rows valid, {to_submit} to submit, "
-        f"{len(skipped)} already handled, estimated spend {spend}"
+        f"{len(skipped)} already handled, estimated spend {money_text(spend, _currency(balances))}"
     )
     return PreparedOrderFile(
         file_name=file_name,
@@ -492,7 +501,9 @@ class FinishSummary:
         if not self.actual_spend:
             return "n/a (balance not available)"
         lines = ["| panel | spent (balance before − after) |", "|---|---|"]
-        lines += [f"| {p} | {a} {c} |" for p, (a, c) in sorted(self.actual_spend.items())]
+        lines += [
+            f"| {p} | {money_text(a, c)} |" for p, (a, c) in sorted(self.actual_spend.items())
+        ]
         return "\n".join(lines)
 
 

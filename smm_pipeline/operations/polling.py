@@ -11,7 +11,9 @@ One fan-out serves order and refill polls (`fan_out`):
   short warehouse connection: memory stays flat in the number of orders, writing overlaps the
   network waits, and no connection is held while a panel is asked;
 - a panel that fails (after the client's retries) stops there: what it answered is kept, the
-  rest stays due, and the other panels go on.
+  rest stays due, and the other panels go on;
+- each panel's progress is logged the way a submission's is (`submission.ProgressLog`: a
+  first line, then every 10-15 s, and a last one, with an ETA from the poll's budget).
 
 Only the panels that have a client (the enabled ones) are polled and counted as open; open
 orders of a disabled or removed panel are logged each run and left as they are."""
@@ -33,6 +35,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
+from smm_pipeline.operations.submission import Lane, ProgressLog
 from smm_pipeline.panel.client import PanelClient, chunked
 from smm_pipeline.panel.errors import BudgetExhausted, PanelError
 from smm_pipeline.panel.models import OrderStatus
@@ -50,7 +53,7 @@ T = TypeVar("T")
 
 WRITE_BATCH_ROWS = 20_000  # answers per write (each one scans and checkpoints the table)
 WRITE_EVERY_SECONDS = 2.0  # a slow (rate-limited) poll still writes what it has this often
-PROGRESS_EVERY_SECONDS = 10.0
+PROGRESS_EVERY_SECONDS = 10.0  # a panel's progress lines never closer (submission.ProgressLog)
 WRITE_QUEUE_CALLS = 64  # answered calls waiting for the writer at most
 
 
@@ -171,7 +174,9 @@ def fan_out(
         chunks = chunked(list(ids_by_panel[panel]), client.max_ids_per_call)
         stop = threading.Event()
         counts = {"done": 0, "answered": 0}
-        last_report = [time.monotonic()]
+        lane = Lane(client, len(chunks))
+        plog = ProgressLog(progress, [lane], unit="calls", every=PROGRESS_EVERY_SECONDS)
+        calls_before = client.total_calls
         turn = threading.Condition()
         started = [0]  # calls that took their budget (or gave up) so far, in order
 
@@ -189,14 +194,26 @@ def fan_out(
             try:
                 if stop.is_set() or abort.is_set():
                     return None  # not sent: left due
-                return fetch(client, chunk, has_budget)
+                sent = time.perf_counter()
+                answer = fetch(client, chunk, has_budget)
+                lane.timed(time.perf_counter() - sent)
+                return answer
             except Exception as exc:  # BudgetExhausted included: nothing was sent
                 stop.set()
                 return exc
             finally:
                 has_budget()
 
+        def line(*, last: bool = False) -> None:
+            head = f"{panel}: {counts['done']}/{len(chunks)} {what} calls answered"
+            so_far = "" if last else " so far"
+            head += f" ({counts['answered']} {what}es{so_far})"
+            plog.line(head, client.total_calls - calls_before, last=last)
+
+        if chunks:
+            line()
         for (_, chunk), answer in client.map_concurrent(one, list(enumerate(chunks))):
+            lane.done += 1  # answered, deferred or failed: no longer ahead
             if isinstance(answer, BudgetExhausted) or answer is None:
                 with lock:
                     result.deferred[panel] = result.deferred.get(panel, 0) + len(chunk)
@@ -214,12 +231,8 @@ def fan_out(
                 raise
             counts["done"] += 1
             counts["answered"] += len(answer)
-            if time.monotonic() - last_report[0] >= PROGRESS_EVERY_SECONDS:
-                last_report[0] = time.monotonic()
-                progress(
-                    f"{panel}: {counts['done']}/{len(chunks)} {what} calls answered "
-                    f"({counts['answered']} {what}es so far)"
-                )
+            if plog.due():
+                line()
         if panel in result.failed_panels:
             progress(f"{panel}: {what} poll failed: {result.failed_panels[panel]}")
         elif result.deferred.get(panel):
@@ -227,7 +240,7 @@ def fan_out(
                 f"{panel}: {result.deferred[panel]} due ids left for the next poll: the panel's "
                 "request budget went to its submissions"
             )
-        progress(f"{panel}: {counts['answered']} {what}es in {counts['done']} calls")
+        line(last=True)
 
     panels = [p for p in ids_by_panel if ids_by_panel[p]]
     try:

@@ -18,8 +18,10 @@ import duckdb
 
 from smm_pipeline.config import Settings
 from smm_pipeline.intake.budget import batch_errors, panel_totals
+from smm_pipeline.money import money_text
 from smm_pipeline.operations.submission import (
     SubmitReport,
+    duration_text,
     rows_by_panel,
     settle_interrupted,
     submit_rows,
@@ -171,7 +173,8 @@ def _send(
     progress: Callable[[str], None],
 ) -> None:
     """Send exactly these pending rows, once each, the way a file's rows are sent (claimed
-    under this process's answer journal, so a crash leaves nothing only SQL could settle)."""
+    under this process's answer journal, so a crash leaves nothing only SQL could settle;
+    progress logged by the submission's `ProgressLog`, then a summary line)."""
     with connect(db_path) as conn:
         rows = rows_by_panel(pending_keys(conn, keys).to_dict("records"))
     sent: SubmitReport = submit_rows(db_path, rows, clients, progress=progress)
@@ -180,7 +183,8 @@ def _send(
     report.failed += sent.failed
     progress(
         f"resubmitted {sent.total} rows: {sent.submitted} submitted, {sent.failed} failed, "
-        f"{sent.ambiguous} ambiguous"
+        f"{sent.ambiguous} ambiguous, estimated spend {money_text(sent.estimated_spend)}, "
+        f"{sent.calls} calls in {duration_text(sent.seconds)}"
     )
 
 

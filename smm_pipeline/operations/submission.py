@@ -25,6 +25,13 @@ every worker checks before each `add`. That row is failed (funds) or ambiguous (
 every row not sent is failed with the stop reason, and a later drop of the file sends them.
 Requests already in flight cannot be recalled, so a balance for exactly K orders costs at most
 K + `max_concurrency` calls.
+
+Progress is logged as a person can follow it (`ProgressLog`, shared with the status polls): a
+first line, then one every PROGRESS_SECONDS × 1.5, or sooner once PROGRESS_STEP more of the rows
+are done, but never twice within PROGRESS_SECONDS; and a last line. Each gives rows done/total,
+the spend so far, the calls made and an ETA: the rows left at the rate the panel's budget
+allows (`rate_limit_per_minute`, and `max_concurrency` calls of the time a call takes), or at
+the rate observed so far if that is slower.
 """
 
 from __future__ import annotations
@@ -40,12 +47,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from smm_pipeline.money import money_text
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.errors import (
     AmbiguousSubmissionError,
     InsufficientFundsError,
     PanelError,
 )
+from smm_pipeline.panel.ratelimit import Priority, poll_limit
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.journal import AnswerJournal, journal_dir
 from smm_pipeline.warehouse.orders import (
@@ -70,8 +79,127 @@ JOURNAL_STOP = (
 CLAIM_ROWS_PER_SLOT = 8  # rows claimed at a time, per worker
 OUTCOME_BATCH_ROWS = 256
 OUTCOME_BATCH_SECONDS = 1.0
-PROGRESS_SECONDS = 1.0
+PROGRESS_SECONDS = 10.0  # progress lines never closer than this; at most 1.5 × this apart
+PROGRESS_STEP = 0.05  # of the rows: done since the last line, it brings the next one forward
+BUDGET_MINUTE_SECONDS = 61.0  # the budget counts its minute over 61 s (panel/ratelimit.py)
 _JOIN_SECONDS_ON_INTERRUPT = 5.0
+
+
+def duration_text(seconds: float) -> str:
+    """`8.4s`, `3m05s`, `2h07m`."""
+    if seconds < 59.95:
+        return f"{max(0.0, seconds):.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def budget_rate(client: PanelClient, call_seconds: float | None = None) -> float:
+    """Calls a second the panel's budget allows this client: `rate_limit_per_minute` over the
+    budget's minute (a poll client: the polls' share of it), and, once the time a call takes
+    is known, no more than `max_concurrency` such calls at once."""
+    per_minute = client.panel.rate_limit_per_minute
+    if client.priority is Priority.POLL:
+        per_minute = poll_limit(per_minute)
+    rate = per_minute / BUDGET_MINUTE_SECONDS
+    if call_seconds:
+        rate = min(rate, client.panel.max_concurrency / call_seconds)
+    return rate
+
+
+class Lane:
+    """One panel's part of a run, for the ETA: its units of work (rows, or poll calls), how
+    many are done, and the time its calls take (timed by the threads that make them)."""
+
+    def __init__(self, client: PanelClient, total: int) -> None:
+        self.client = client
+        self.total = total
+        self.done = 0
+        self._lock = threading.Lock()
+        self._call_seconds = 0.0
+        self._timed = 0
+
+    def timed(self, seconds: float) -> None:
+        with self._lock:
+            self._call_seconds += seconds
+            self._timed += 1
+
+    def rate(self, elapsed: float) -> tuple[float, str]:
+        """Units a second for the ETA, and what it is: the budget's, or the observed if slower."""
+        with self._lock:
+            call = self._call_seconds / self._timed if self._timed else None
+        allowed = budget_rate(self.client, call)
+        observed = self.done / elapsed if self.done and elapsed > 0 else None
+        if observed is not None and observed < allowed:
+            return observed, "observed"
+        return allowed, "budget"
+
+
+class ProgressLog:
+    """When a long run writes a progress line, and the tail every line shares (calls made,
+    time, ETA); the caller writes the head (what is done of what). See the module docstring.
+    One thread writes a given log."""
+
+    def __init__(
+        self, emit: Callable[[str], None], lanes: list[Lane], *, unit: str = "rows",
+        every: float | None = None,
+    ) -> None:  # fmt: skip
+        self.emit = emit
+        self.lanes = lanes
+        self.unit = unit
+        self.every = PROGRESS_SECONDS if every is None else every
+        self.started = time.perf_counter()
+        self.lines = 0
+        self._last: float | None = None
+        self._last_done = 0
+
+    @property
+    def done(self) -> int:
+        return sum(lane.done for lane in self.lanes)
+
+    @property
+    def total(self) -> int:
+        return sum(lane.total for lane in self.lanes)
+
+    def due(self) -> bool:
+        """The first line is due; then one PROGRESS_STEP of the work or 1.5 × `every` later,
+        never sooner than `every`; none once all is done (the last line follows)."""
+        if self._last is None:
+            return True
+        if self.done >= self.total:
+            return False
+        gap = time.perf_counter() - self._last
+        stepped = self.done - self._last_done >= PROGRESS_STEP * max(1, self.total)
+        return gap >= 1.5 * self.every or (gap >= self.every and stepped)
+
+    def until_due(self) -> float:
+        """Seconds until a line is due with nothing more done."""
+        since = self.started if self._last is None else self._last
+        return max(0.0, since + 1.5 * self.every - time.perf_counter())
+
+    def eta(self, elapsed: float) -> str:
+        left = [(lane.total - lane.done, *lane.rate(elapsed)) for lane in self.lanes]
+        left = [(n, rate, how) for n, rate, how in left if n > 0]
+        if not left:
+            return "ETA 0s"
+        # Panels run side by side: the last to finish sets the ETA (and says what it rests on).
+        n, rate, how = max(left, key=lambda x: x[0] / x[1])
+        speed = sum(r for _, r, _ in left)
+        return f"ETA {duration_text(n / rate)} ({how} {speed:.1f} {self.unit}/s)"
+
+    def line(self, head: str, calls: int, *, last: bool = False) -> None:
+        """Write `head` with the shared tail; the last line gives the time taken instead."""
+        now = time.perf_counter()
+        elapsed = now - self.started
+        if last:
+            tail = f", {calls} calls in {duration_text(elapsed)}"
+        else:
+            tail = f", {calls} calls, {duration_text(elapsed)} elapsed, {self.eta(elapsed)}"
+        self._last, self._last_done = now, self.done
+        self.lines += 1
+        self.emit(head + tail)
 
 
 @dataclass
@@ -167,6 +295,7 @@ class _PanelBatch:
         self.client = client
         self.rows = rows
         self.size = client.panel.max_concurrency
+        self.lane = Lane(client, len(rows))
         self.claim_rows = self.size * CLAIM_ROWS_PER_SLOT
         self.claimed = 0  # rows[:claimed] were offered to a claim (or stopped)
         self.open = 0  # claimed rows whose answer has not come back yet
@@ -209,10 +338,12 @@ class _PanelBatch:
             self._stop(JOURNAL_STOP.format(cause=exc))
             self._answers.put((self, row, None))
             return
+        sent = time.perf_counter()
         try:
             result: int | BaseException = self.client.add(row.params)
         except Exception as exc:  # classified by outcome_of, never resent
             result = exc
+        self.lane.timed(time.perf_counter() - sent)
         outcome = outcome_of(self.panel, row.ref, result)
         try:
             self._journal.answered(outcome.to_json())
@@ -244,6 +375,8 @@ class _PanelBatch:
             if row.ref in flagged:
                 self.open += 1
                 self._ready.put(row)
+            else:
+                self.lane.total -= 1  # not this run's to send: out of the ETA
         if self.claimed == len(self.rows):
             self.close()
 
@@ -314,7 +447,10 @@ class _Dispatcher:
         self.started = started
         self.unrecorded: list[tuple[SubmitOutcome, Decimal]] = []
         self.oldest = 0.0  # when the oldest unrecorded outcome came in
-        self.last_progress = started
+        self.log = ProgressLog(progress, [b.lane for b in batches])
+        self.log.started = started
+        self._lanes = {b.panel: b.lane for b in batches}
+        self._calls_before = sum(b.client.total_calls for b in batches)
 
     def claim(self) -> None:
         """One write section: flag the next rows `sending` for every panel that wants rows."""
@@ -337,11 +473,13 @@ class _Dispatcher:
                 self.progress(f"{batch.panel}: batch stopped: {batch.stop_reason}")
 
     def run(self) -> None:
+        if self.report.total:
+            self._progress_line()
         while not all(b.finished for b in self.batches) or self.unrecorded:
             self._stop_stopped()
             self.claim()
             done = all(b.finished for b in self.batches)
-            wait = 0.0 if done else OUTCOME_BATCH_SECONDS
+            wait = 0.0 if done else min(OUTCOME_BATCH_SECONDS, self.log.until_due())
             if self.unrecorded:
                 wait = min(wait, self.oldest + OUTCOME_BATCH_SECONDS - time.perf_counter())
             for batch, row, outcome in _answers_within(self.answers, wait):
@@ -349,8 +487,10 @@ class _Dispatcher:
                 self._collect([(outcome or batch.stopped(row.ref), row.cost)])
             self._stop_stopped()  # a stop whose rows were all claimed ends the loop here
             self.record_if_due(all(b.finished for b in self.batches))
+            if self.report.total and self.log.due():
+                self._progress_line()
         if self.report.total:
-            self._progress_line()
+            self._progress_line(last=True)
 
     def _collect(self, outcomes: list[tuple[SubmitOutcome, Decimal]]) -> None:
         if outcomes and not self.unrecorded:
@@ -373,9 +513,8 @@ class _Dispatcher:
             )
         for outcome in written:
             self.report.add(outcome, costs[(outcome.panel, outcome.ref)])
+            self._lanes[outcome.panel].done += 1
         self.unrecorded = []
-        if now - self.last_progress >= PROGRESS_SECONDS:
-            self._progress_line()
 
     def record_answers_in_hand(self) -> None:
         """After an interruption: record what came back and is not written yet (best effort:
@@ -388,13 +527,16 @@ class _Dispatcher:
         except Exception as exc:  # the original interruption is the run's error
             log.warning("answers of an interrupted submission not recorded: %s", exc)
 
-    def _progress_line(self) -> None:
-        self.last_progress = now = time.perf_counter()
-        report = self.report
-        self.progress(
-            f"{report.done}/{report.total} rows done, {report.submitted} submitted, "
-            f"estimated spend {report.estimated_spend}, {now - self.started:.1f}s elapsed"
+    def _progress_line(self, *, last: bool = False) -> None:
+        r = self.report
+        head = (
+            f"{r.done}/{r.total} rows done, {r.submitted} submitted, "
+            f"estimated spend {money_text(r.estimated_spend)}"
         )
+        head += f", {r.failed} failed" if r.failed else ""
+        head += f", {r.ambiguous} ambiguous" if r.ambiguous else ""
+        calls = sum(b.client.total_calls for b in self.batches) - self._calls_before
+        self.log.line(head, calls, last=last)
 
 
 def settle_interrupted(db_path: Path, progress: Callable[[str], None]) -> Settled:
