@@ -123,7 +123,7 @@ def test_not_enough_funds_stops_within_the_requests_already_in_flight(
     assert report.estimated_spend == LIKES * k
     assert report.stopped_panels == ["p"]
     assert any("batch stopped" in line for line in lines)
-    assert lines[-1].startswith(f"{n}/{n} rows done, {k} submitted, estimated spend 0.120")
+    assert lines[-1].startswith(f"{n}/{n} rows done, {k} submitted, estimated spend 0.12")
 
 
 def test_a_stopped_panel_does_not_stop_the_others(tmp_path, slow_sim):
