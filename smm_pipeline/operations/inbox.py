@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
-
+from smm_pipeline.errors import FileRejected, Unreadable
 from smm_pipeline.intake.reports import errors_report_path, fit_file_name, write_errors_csv
 from smm_pipeline.intake.row_errors import RowError
 
@@ -197,16 +196,6 @@ def _first_look_time(obs: Observation, previous: list | None) -> float | None:
     return None
 
 
-class Unreadable(Exception):
-    """A complete-looking file that could not be read now; `changed` when it changed since it
-    was looked at (it is then looked at again, not skipped)."""
-
-    def __init__(self, reason: str, *, changed: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.changed = changed
-
-
 def _same(st: os.stat_result, obs: Observation) -> bool:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns] == obs.stamp
 
@@ -269,30 +258,6 @@ def move_handled(
     target = free_target(target_dir, source.name, report)
     os.replace(source, target)
     return target
-
-
-class FileRejected(Exception):
-    """A drop file refused as a whole (nothing was sent); it is in rejected/ with errors.csv."""
-
-    def __init__(
-        self, file_name: str, errors: list[RowError], errors_file: Path, nothing: str
-    ) -> None:
-        self.file_name = file_name
-        self.errors = errors
-        self.errors_file = errors_file
-        first = "; ".join(str(e) for e in errors[:3])
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        self.summary = (
-            f"{file_name} was rejected with {len(errors)} error(s), nothing was {nothing}: "
-            f"{first}{more}. See {errors_file}."
-        )
-        super().__init__(self.summary)
-
-    def preview_frame(self, limit: int = 20) -> pd.DataFrame:
-        return pd.DataFrame(
-            [(e.row, e.column, e.message) for e in self.errors[:limit]],
-            columns=["row", "column", "message"],
-        )
 
 
 def reject_file(

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
+from smm_pipeline.errors import PollWriteError
 from smm_pipeline.operations.submission import Lane, ProgressLog
 from smm_pipeline.panel.client import PanelClient, chunked
 from smm_pipeline.panel.errors import BudgetExhausted, PanelError
@@ -71,11 +72,6 @@ class FanOut:
     deferred: dict[str, int] = field(default_factory=dict)  # left due: budget spent
     failed_panels: dict[str, str] = field(default_factory=dict)
     statuses: Counter[str] = field(default_factory=Counter)
-
-
-class PollWriteError(RuntimeError):
-    """The warehouse refused a batch of answers: the poll stops sending (what was written
-    stays; the rest stays due)."""
 
 
 class _Writer:

@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 
 from smm_pipeline.config import Settings
+from smm_pipeline.errors import ResolutionRefused
 from smm_pipeline.intake.budget import batch_errors, panel_totals
 from smm_pipeline.money import money_text
 from smm_pipeline.operations.submission import (
@@ -38,10 +39,6 @@ from smm_pipeline.warehouse.orders import (
 )
 
 ACTIONS = ("attach", "resubmit", "abandon")
-
-
-class ResolutionRefused(ValueError):
-    """The resolutions as a whole cannot be applied (nothing was changed)."""
 
 
 @dataclass(frozen=True)

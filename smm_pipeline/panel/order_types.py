@@ -40,6 +40,7 @@ from datetime import date
 from decimal import Context, Decimal, Inexact
 from typing import NamedTuple
 
+from smm_pipeline.errors import OrderFieldError
 from smm_pipeline.panel.models import Service
 
 __all__ = [
@@ -179,20 +180,6 @@ ORDER_TYPES: dict[str, OrderType] = {
 }
 ALL_FIELDS: tuple[str, ...] = tuple(sorted({f for t in ORDER_TYPES.values() for f in t.fields}))
 """Every field any known type takes: the order-file columns besides panel/service/ref/campaign."""
-
-
-class OrderFieldError(ValueError):
-    """A field of an order is missing or malformed.
-
-    `column` and `message` describe the first problem; `problems` lists every problem found
-    in the row as (column, message) pairs, so a user can fix a whole row at once.
-    """
-
-    def __init__(self, column: str, message: str, problems: tuple[tuple[str, str], ...] = ()):
-        super().__init__(f"{column}: {message}")
-        self.column = column
-        self.message = message
-        self.problems = problems or ((column, message),)
 
 
 class AddRequest(NamedTuple):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from decimal import Context, Decimal
 from typing import Any, TypeVar
 
+from smm_pipeline.errors import ShapeError
 from smm_pipeline.panel.models import (
     Balance,
     CancelResult,
@@ -61,10 +62,6 @@ _ERROR_WORDS = frozenset(
 )  # fmt: skip
 
 T = TypeVar("T")
-
-
-class ShapeError(ValueError):
-    """An answer that is JSON but not the shape the API documents."""
 
 
 def decode_json(text: str) -> Any:

@@ -33,6 +33,7 @@ from pathlib import Path
 import duckdb
 
 from smm_pipeline.config import PROJECT_ROOT
+from smm_pipeline.errors import WarehouseError, WarehouseLockedError
 from smm_pipeline.warehouse.migrations import apply_migrations
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,6 @@ GATE_SUFFIX = ".gate"
 # Files this process has already brought up to date: later write connections skip the check.
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
-
-
-class WarehouseError(RuntimeError):
-    """The warehouse file cannot be used; the message names the file and what to do."""
-
-
-class WarehouseLockedError(WarehouseError):
-    """Another process kept the DuckDB file locked longer than we were willing to wait."""
 
 
 def default_db_path(environ: Mapping[str, str] | None = None) -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from smm_pipeline.errors import MigrationError
 from smm_pipeline.warehouse.schema import (
     INITIAL_SCHEMA,
     MONEY_COLUMNS,
@@ -22,10 +23,6 @@ from smm_pipeline.warehouse.schema import (
     SUBSCRIPTION_ORDERS,
 )
 from smm_pipeline.warehouse.views import create_views
-
-
-class MigrationError(RuntimeError):
-    """A migration failed; its transaction was rolled back and the file is unchanged by it."""
 
 
 @dataclass(frozen=True)
