@@ -259,11 +259,36 @@ def fan_out(
     return result
 
 
+def ids_by_panel(due: pd.DataFrame, column: str) -> dict[str, list[int]]:
+    """The ids of a due frame per panel, in the frame's order (most overdue first)."""
+    if not len(due):
+        return {}
+    return {str(p): [int(i) for i in f[column]] for p, f in due.groupby("panel", sort=False)}
+
+
+def warehouse_writer(
+    db_path: Path,
+    to_frame: Callable[[list[tuple]], pd.DataFrame],
+    apply: Callable[[Any, pd.DataFrame, datetime], tuple[int, int]],
+) -> Callable[[list[tuple]], tuple[int, int]]:
+    """The `write` of a poll's fan-out: a batch of answer rows as a frame, applied in its own
+    short connection and stamped when written (the cadence counts from then)."""
+
+    def write(rows: list[tuple]) -> tuple[int, int]:
+        frame = to_frame(rows)
+        with connect(db_path) as conn:
+            return apply(conn, frame, datetime.now(UTC))
+
+    return write
+
+
 # ------------------------------------------------------------------ order status polls
 
 
 @dataclass
 class PollReport:
+    """What a status poll did (an order poll's; a refill poll's is a `RefillPollReport`)."""
+
     due: int = 0
     open_before: int = 0
     polled: int = 0
@@ -351,17 +376,11 @@ def poll_orders(
             "not polling open orders of panels that are not enabled (not counted as open): "
             + ", ".join(f"{p} ({n})" for p, n in report.disabled_open.items())
         )
-    # Most-overdue first (the order due_orders gives), per panel.
-    by_panel = {
-        str(p): [int(i) for i in f["order_id"]] for p, f in due.groupby("panel", sort=False)
-    }
+    by_panel = ids_by_panel(due, "order_id")  # most-overdue first, as due_orders gives them
     del due
-
-    def write(rows: list[tuple]) -> tuple[int, int]:
-        frame = rows_frame(rows)
-        with connect(db_path) as conn:  # stamped when written: the cadence counts from then
-            return apply_observations(conn, frame, datetime.now(UTC), cadence)
-
+    write = warehouse_writer(
+        db_path, rows_frame, lambda conn, frame, now: apply_observations(conn, frame, now, cadence)
+    )
     fan = fan_out(
         clients, by_panel, PanelClient.status_chunk, observation_rows, write,
         status_at=OBSERVATION_COLUMNS.index("status"), what="status", progress=progress,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from smm_pipeline.operations.polling import fan_out
+from smm_pipeline.operations.polling import PollReport, fan_out, ids_by_panel, warehouse_writer
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.models import RefillStatus
 from smm_pipeline.warehouse.db import connect
@@ -31,18 +31,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RefillPollReport:
-    due: int = 0
-    open_before: int = 0
-    polled: int = 0
-    changed: int = 0
-    item_errors: int = 0
-    calls: int = 0
-    open_after: int = 0
-    next_due_at: datetime | None = None
-    failed_panels: dict[str, str] = field(default_factory=dict)
-    deferred: dict[str, int] = field(default_factory=dict)
-    statuses: dict[str, int] = field(default_factory=dict)
+class RefillPollReport(PollReport):
+    """What a refill status poll did: an order poll's report, and the time it took."""
+
     seconds: float = 0.0
 
 
@@ -64,11 +55,7 @@ def poll_refills(
         due = due_refills(conn, now, cadence, poll_all=poll_all)
         report.open_before = sum(open_refills_by_panel(conn).values())
     report.due = len(due)
-    by_panel = (
-        {str(p): [int(i) for i in f["refill_id"]] for p, f in due.groupby("panel", sort=False)}
-        if len(due)
-        else {}
-    )
+    by_panel = ids_by_panel(due, "refill_id")
     skipped = sorted(set(by_panel) - set(clients))
     if skipped:
         progress(f"not polling refills of panels that are not enabled: {', '.join(skipped)}")
@@ -78,18 +65,12 @@ def poll_refills(
         return [(panel, int(s.refill_id), s.status, s.raw_status, s.error)
                 for s in statuses.values()]  # fmt: skip
 
-    def write(rows: list[tuple]) -> tuple[int, int]:
-        frame = refill_status_frame_from_rows(rows)
-        with connect(db_path) as conn:  # stamped when written: the cadence counts from then
-            return apply_refill_statuses(conn, frame, datetime.now(UTC))
-
+    write = warehouse_writer(db_path, refill_status_frame_from_rows, apply_refill_statuses)
     fan = fan_out(
         clients, by_panel, PanelClient.refill_status_chunk, rows_of, write,
         status_at=2, what="refill status", progress=progress,
     )  # fmt: skip
-    report.polled, report.changed, report.item_errors = fan.polled, fan.changed, fan.item_errors
-    report.calls, report.failed_panels, report.deferred = fan.calls, fan.failed_panels, fan.deferred
-    report.statuses = dict(sorted(fan.statuses.items()))
+    report.take(fan)
     with connect(db_path) as conn:
         report.open_after, report.next_due_at = open_refills_summary(conn, cadence)
     report.seconds = time.perf_counter() - started
