@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -286,34 +286,25 @@ def warehouse_writer(
 
 
 @dataclass
-class PollReport:
-    """What a status poll did (an order poll's; a refill poll's is a `RefillPollReport`)."""
+class PollReport(FanOut):
+    """What a status poll did: its fan-out's counts (`take`), and what it found before and
+    after (an order poll's; a refill poll's is a `RefillPollReport`)."""
 
+    statuses: dict[str, int] = field(default_factory=dict)  # sorted by status
     due: int = 0
     open_before: int = 0
-    polled: int = 0
-    changed: int = 0
-    item_errors: int = 0
-    calls: int = 0
     fixed_interval_calls: int = 0
-    http_seconds: float = 0.0
-    write_seconds: float = 0.0
-    writes: int = 0
     open_after: int = 0
     next_due_at: datetime | None = None
-    deferred: dict[str, int] = field(default_factory=dict)
-    failed_panels: dict[str, str] = field(default_factory=dict)
     disabled_open: dict[str, int] = field(default_factory=dict)
-    statuses: dict[str, int] = field(default_factory=dict)
 
     @property
     def calls_saved(self) -> int:
         return self.fixed_interval_calls - self.calls
 
     def take(self, fan: FanOut) -> None:
-        for name in ("polled", "changed", "item_errors", "calls", "http_seconds",
-                     "write_seconds", "writes", "deferred", "failed_panels"):  # fmt: skip
-            setattr(self, name, getattr(fan, name))
+        for f in fields(FanOut):
+            setattr(self, f.name, getattr(fan, f.name))
         self.statuses = dict(sorted(fan.statuses.items()))
 
 

@@ -144,42 +144,38 @@ _FINISHED_AT = f"""
          ELSE {{table}}.finished_at END
 """
 
-_UPDATE_ORDERS = f"""
-UPDATE orders SET
+
+def _update_observed(table: str, observed: str, born: str, more: str = "") -> str:
+    """UPDATE `table` (orders, or subscription_orders) from its rows of the `observed` temp
+    table; `born`: the row's age origin for the next poll; `more`: further SET lines."""
+    return f"""
+UPDATE {table} SET
     status = b.status,
-    raw_status = coalesce(b.raw_status, orders.raw_status),
+    raw_status = coalesce(b.raw_status, {table}.raw_status),
     charge = b.charge,
     start_count = b.start_count,
     remains = b.remains,
-    currency = coalesce(b.currency, orders.currency),
-    subscription_expiry = coalesce(b.subscription_expiry, orders.subscription_expiry),
-    subscription_posts = coalesce(b.subscription_posts, orders.subscription_posts),
-    subscription_orders = coalesce(b.subscription_orders, orders.subscription_orders),
+    currency = coalesce(b.currency, {table}.currency),{more}
     poll_error = b.error,
-    updated_at = CASE WHEN b.changed THEN $now ELSE orders.updated_at END,
-    last_change_at = CASE WHEN b.changed THEN $now ELSE orders.last_change_at END,
-    finished_at = {_FINISHED_AT.format(table="orders")},
-    next_poll_at = {_NEXT_POLL.format(table="orders", born="submitted_at")}
-FROM _obs b
-WHERE orders.panel = b.panel AND orders.order_id = b.order_id
+    updated_at = CASE WHEN b.changed THEN $now ELSE {table}.updated_at END,
+    last_change_at = CASE WHEN b.changed THEN $now ELSE {table}.last_change_at END,
+    finished_at = {_FINISHED_AT.format(table=table)},
+    next_poll_at = {_NEXT_POLL.format(table=table, born=born)}
+FROM {observed} b
+WHERE {table}.panel = b.panel AND {table}.order_id = b.order_id
 """
 
-_UPDATE_CHILDREN = f"""
-UPDATE subscription_orders SET
-    status = b.status,
-    raw_status = coalesce(b.raw_status, subscription_orders.raw_status),
-    charge = b.charge,
-    start_count = b.start_count,
-    remains = b.remains,
-    currency = coalesce(b.currency, subscription_orders.currency),
-    poll_error = b.error,
-    updated_at = CASE WHEN b.changed THEN $now ELSE subscription_orders.updated_at END,
-    last_change_at = CASE WHEN b.changed THEN $now ELSE subscription_orders.last_change_at END,
-    finished_at = {_FINISHED_AT.format(table="subscription_orders")},
-    next_poll_at = {_NEXT_POLL.format(table="subscription_orders", born="first_seen_at")}
-FROM _cobs b
-WHERE subscription_orders.panel = b.panel AND subscription_orders.order_id = b.order_id
-"""
+
+_UPDATE_ORDERS = _update_observed(
+    "orders",
+    "_obs",
+    born="submitted_at",
+    more="""
+    subscription_expiry = coalesce(b.subscription_expiry, orders.subscription_expiry),
+    subscription_posts = coalesce(b.subscription_posts, orders.subscription_posts),
+    subscription_orders = coalesce(b.subscription_orders, orders.subscription_orders),""",
+)
+_UPDATE_CHILDREN = _update_observed("subscription_orders", "_cobs", born="first_seen_at")
 
 # Child ids a subscription lists for the first time: linked to its row, due now. An id that
 # is a row of `orders`, or another subscription's child already, is left as it is.
