@@ -37,6 +37,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from smm_pipeline.errors import SmmPipelineError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -49,7 +51,7 @@ _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-class ConfigError(ValueError):
+class ConfigError(SmmPipelineError, ValueError):
     """The configuration is unusable; the message says where and what to do."""
 
 

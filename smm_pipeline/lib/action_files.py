@@ -3,7 +3,7 @@
 import dagster as dg
 
 from smm_pipeline.lib.metadata import frame_preview
-from smm_pipeline.operations.refills import ActionFileSummary
+from smm_pipeline.operations.action_files import ActionFileSummary
 
 
 def action_file_metadata(summary: ActionFileSummary) -> dict:

@@ -9,7 +9,7 @@ made. Only the path of panels.yaml and of the DuckDB file are resource config.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,13 +97,17 @@ class WarehouseResource(dg.ConfigurableResource):
         if age is not None and age < max_lag:
             log.debug(f"replica published {age:.0f} s ago: left for later (max lag {max_lag} s)")
             return
-        self.publish_now(log, instance, max_lag)
+        self.publish_now(log, instance.report_runless_asset_event, max_lag)
 
     def publish_now(
-        self, log: dg.DagsterLogManager, instance: dg.DagsterInstance, max_lag: float
+        self,
+        log: dg.DagsterLogManager,
+        report: Callable[[dg.AssetMaterialization], object],
+        max_lag: float,
     ) -> bool:
         """Publish the replica now, and report its cost as a `warehouse_replica`
-        materialization. A failure (the live file held too long, a full disk) is a warning,
+        materialization through `report` (a step's `log_event`, or the instance's runless
+        event after a step). A failure (the live file held too long, a full disk) is a warning,
         never the run's failure: the run's writes are committed, and the replica is published
         again by the next run or replica_sensor."""
         started = time.perf_counter()
@@ -113,7 +117,7 @@ class WarehouseResource(dg.ConfigurableResource):
             log.warning(f"the read-only replica was not refreshed this time: {exc}")
             return False
         seconds = time.perf_counter() - started
-        instance.report_runless_asset_event(
+        report(
             dg.AssetMaterialization(
                 asset_key=REPLICA_KEY,
                 description="replica published",

@@ -27,6 +27,7 @@ import duckdb
 import pandas as pd
 
 from smm_pipeline.config import Settings
+from smm_pipeline.errors import InputRefused
 from smm_pipeline.intake.budget import batch_errors
 from smm_pipeline.intake.csv_files import file_hash as content_hash
 from smm_pipeline.intake.csv_files import read_csv_table
@@ -74,7 +75,7 @@ from smm_pipeline.warehouse.processed_files import file_state, record_file
 log = logging.getLogger(__name__)
 
 
-class FileChanged(Exception):
+class FileChanged(InputRefused):
     """The file in the inbox is not the content this run was launched for."""
 
 

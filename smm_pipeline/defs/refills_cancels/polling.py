@@ -13,7 +13,7 @@ from smm_pipeline.lib.poll_requests import (
     status_sensor,
 )
 from smm_pipeline.lib.resources import PanelsResource, WarehouseResource, replica_hooks
-from smm_pipeline.operations.refills import poll_refills
+from smm_pipeline.operations.refill_polling import poll_refills
 from smm_pipeline.panel.ratelimit import Priority
 
 

@@ -32,7 +32,7 @@ def publish_replica_now(
     context: dg.OpExecutionContext, panels: PanelsResource, warehouse: WarehouseResource
 ) -> None:
     max_lag = panels.settings().pipeline.replica_max_lag_seconds
-    if not warehouse.publish_now(context.log, context.instance, max_lag):
+    if not warehouse.publish_now(context.log, context.log_event, max_lag):
         raise dg.Failure("the replica could not be published (see the warning above)")
 
 
