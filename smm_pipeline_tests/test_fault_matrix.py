@@ -2,7 +2,8 @@
 and `cancel`, over real loopback HTTP into a real DuckDB file, asserting the exact warehouse
 states and that nothing reached the panel twice.
 
-The rules (README, Exactly once, and ambiguous orders): only readable JSON is a definite outcome of a write. A refusal
+The rules (README, Exactly once, and ambiguous orders): only readable JSON is a definite
+outcome of a write. A refusal
 (`{"error"}` below 500) is a definite failure with the panel's words; a 429 is retried and
 succeeds once; a lost, cut, 5xx, HTML or late answer is ambiguous and never resent. An answer
 that is not the API at all (redirect, Cloudflare page, empty 404, HTML 200) is ambiguous for

@@ -1,4 +1,4 @@
-"""Reading dropped CSV files (README, CSV drops): encodings, line ends, quoting, and clear errors."""
+"""Reading dropped CSV files (README, CSV drops): encodings, line ends, quoting, clear errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Order types: the exact `add` fields of every type of the README's type table (CSV drops: Orders), field checks, exact costs."""
+"""Order types: the exact `add` fields of every type of the README's type table (CSV drops:
+Orders), field checks, exact costs."""
 
 from __future__ import annotations
 
