@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from smm_pipeline.operations.action_files import ActionFileSummary, ActionSpec, order_problem
-from smm_pipeline.operations.refill_polling import poll_refills
+from smm_pipeline.operations.action_files import ActionSpec, order_problem
 from smm_pipeline.warehouse.refills import record_refill_outcomes, refill_state
 
-# ActionFileSummary (operations/action_files.py) and poll_refills (operations/refill_polling.py)
-# are importable from here too, as they were before the split.
-__all__ = ["REFILL_SPEC", "ActionFileSummary", "poll_refills", "process_refill_file"]
+__all__ = ["REFILL_SPEC", "process_refill_file"]
 
 REFILLABLE_STATUSES = ("Completed", "Partial")
 
