@@ -45,7 +45,7 @@ run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml .env ## Simulator + Dagster UI and da
 	trap "kill $$sim 2>/dev/null" EXIT INT TERM; \
 	$(BIN)/dg dev -h $(HOST) -p $(UI_PORT)
 
-test: $(STAMP) ## ruff, `dg check defs` and the whole test suite
+test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml ## ruff, `dg check defs` and the whole test suite
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/dg check defs
