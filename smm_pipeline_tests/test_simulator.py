@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -528,6 +530,22 @@ def test_progress_is_deterministic_and_driven_only_by_the_clock(client):
         assert at_end["status"] == expected_at_37[outcome].replace("In progress", "Completed")
         if outcome == "Canceled":
             assert at_end["charge"] == "0"
+
+
+def test_clock_can_start_in_the_past_and_orders_are_dated_by_it(client):
+    """`clock_start`: a panel whose history begins weeks ago (the demo plays a month)."""
+    weeks_ago = time.time() - 35 * 86400
+    with running_simulator(keys=(KEY,), clock_start=weeks_ago, progress_seconds=60) as s:
+        assert s.clock()["now"] == pytest.approx(weeks_ago)  # frozen at the start
+        first = add(client, s, 1, quantity="1000")
+        s.advance(86400)
+        second = add(client, s, 1, link="https://instagram.com/p/b", quantity="1000")
+        orders = {o["order"]: o for o in s.orders()}
+        created = {i: datetime.fromisoformat(orders[i]["created_at"]).timestamp() for i in orders}
+        assert created[first] == pytest.approx(weeks_ago, abs=1)
+        assert created[second] == pytest.approx(weeks_ago + 86400, abs=1)
+        assert orders[first]["status"] not in ("Pending", "In progress")  # a day went by
+        assert s.clock()["now"] == pytest.approx(weeks_ago + 86400)
 
 
 # -- persistence ----------------------------------------------------------------------------------

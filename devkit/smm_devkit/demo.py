@@ -1,16 +1,25 @@
-"""`make demo`: the whole pipeline end to end in about a minute, headless, then the analytics.
+"""`make demo`: five weeks of a reseller's history in about a minute, headless, then the analytics.
 
 A newcomer should see every part work before configuring anything, and the notebook needs data
 to tell its story, so this module builds a complete warehouse from scratch in a directory of
-its own (never the user's `data/`): two simulated providers (see `demo_data`), catalogs and
-balances, two sample order files through `order_csv_sensor` → `submit_orders`, status polls
-as the simulators' clock runs, a price change and a catalog re-sync, a cancel and a refill
-file, and finally every analytics view printed from the read-only replica.
+its own (never the user's `data/`): two simulated providers (see `demo_data`) and a month of
+their use, day by day (`demo_data.month_plan`): on day 0 the catalogs, balances and the sample
+files (every order type, a cancel); then order files three days a week for different
+campaigns, a cancel file weekly, refills of finished orders weekly, status polls as the orders
+move, prices changing four times with a catalog sync after each, balances fetched with every
+order file and weekly, running down with the spend, and one top-up when a low-balance check
+warns. Finally every analytics view is printed from the read-only replica (published once, at
+the end: the demo's panels.yaml keeps the runs from copying the warehouse after each one).
 
 Everything goes through the real code location: the sensors are evaluated and the runs they
-ask for executed in process on a Dagster instance in the demo directory, against the
-simulators over loopback HTTP. `python -m smm_devkit.demo --keep DIR` keeps the directory
-(a data dir: `SMM_DATA_DIR=DIR`, warehouse `DIR/warehouse.duckdb`) for the notebook.
+ask for executed in process on an in-memory Dagster instance, against the simulators over
+loopback HTTP. Time is simulated (`demo_clock`): the simulators' clocks are
+frozen and moved forward to each step's simulated hour, and the pipeline's own `datetime.now()`
+follows them, so `submitted_at`, `observed_at`, `fetched_at`, `changed_at` and `requested_at`
+land on those days. The history ends at the real present (the views' "last 7 days" are
+DuckDB's `now()`). `python -m smm_devkit.demo --keep DIR` keeps the directory (a data dir:
+`SMM_DATA_DIR=DIR`, warehouse `DIR/warehouse.duckdb`) for the notebook; `--days N` plays a
+shorter history.
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import os
+import random
 import secrets
 import sys
 import tempfile
@@ -27,6 +38,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
@@ -35,11 +47,27 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from smm_devkit.demo_data import DemoPanel, demo_panels, for_panels, panels_yaml, sample_text
+from smm_devkit.demo_clock import SimulatedNow, pipeline_clock
+from smm_devkit.demo_data import (
+    BALANCE_WEEKDAYS,
+    DEFAULT_DAYS,
+    MAX_DAYS,
+    CatalogChange,
+    DayPlan,
+    DemoPanel,
+    action_csv,
+    demo_panels,
+    for_panels,
+    month_plan,
+    orders_csv,
+    panels_yaml,
+    sample_text,
+)
 from smm_devkit.simulator.testing import ThreadedSimulator, running_simulator
 from smm_pipeline.definitions import load_definitions
 from smm_pipeline.intake.reports import results_report_path
 from smm_pipeline.lib.file_sensors import SENSOR_INTERVAL_SECONDS, cursor_seen_earlier
+from smm_pipeline.lib.panels import low_balance_check_name
 from smm_pipeline.operations.inbox import Folders
 from smm_pipeline.warehouse.snapshot import connect_readonly, replica_path
 
@@ -50,9 +78,8 @@ ANALYTICS_VIEWS = (
     "price_changes",
     "balance_runway",
 )
-# Simulated seconds per real second, and how long an order takes to deliver (simulated).
-CLOCK_SPEED = 60.0
-PROGRESS_SECONDS = 1800.0
+DAY = 86400
+PRINTED_ROWS = 20  # a view with more rows is printed as its first and last 10
 _QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 _VIEW_ORDER = {
     "spend_daily": "day, panel, campaign, service_id",
@@ -109,6 +136,7 @@ class _Driver:
         self.instance = instance
         self.folders = folders
         self.say = say
+        self.verbose = True  # say why a sensor skipped
         self.cursors: dict[str, str | None] = {}
 
     def execute(
@@ -142,7 +170,7 @@ class _Driver:
         )
         result = self.defs.resolve_sensor_def(sensor).evaluate_tick(context)
         self.cursors[sensor] = result.cursor
-        if not result.run_requests:
+        if not result.run_requests and self.verbose:
             self.say(f"      {sensor}: skipped ({result.skip_message})")
         return list(result.run_requests or [])
 
@@ -173,8 +201,12 @@ class _Driver:
 
 
 def _start_simulators(
-    stack: contextlib.ExitStack, panels: tuple[DemoPanel, ...], keys: Mapping[str, str]
+    stack: contextlib.ExitStack,
+    panels: tuple[DemoPanel, ...],
+    keys: Mapping[str, str],
+    clock_start: float,
 ) -> dict[str, ThreadedSimulator]:
+    """The simulated panels, their clocks frozen at `clock_start` (the demo moves them)."""
     sims = {}
     for panel in panels:
         sim = stack.enter_context(
@@ -182,8 +214,9 @@ def _start_simulators(
                 keys=(keys[panel.name],),
                 catalog=panel.catalog,
                 balance=panel.balance,
-                progress_seconds=PROGRESS_SECONDS,
-                clock_speed=CLOCK_SPEED,
+                progress_seconds=panel.progress_seconds,
+                clock_speed=0.0,
+                clock_start=clock_start,
             )
         )
         sim.configure(
@@ -194,80 +227,230 @@ def _start_simulators(
     return sims
 
 
-class _Tour:
-    """The demo's steps, each one line of output: what ran and what came of it."""
+def _outcome(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing"
+
+
+def _day_label(instant: float) -> str:
+    return datetime.fromtimestamp(instant, UTC).strftime("%a %Y-%m-%d")
+
+
+class _Month:
+    """The demo's weeks of history: each day of the plan at its simulated hours, through the
+    sensors and jobs, with the panels' clocks and the pipeline's own "now" moved together.
+
+    Day 0 is told step by step (catalogs, balances, the sample files, polls); every later
+    day is one line: what was dropped and what came of it, the poll runs, price changes,
+    balances. The last day is yesterday; the final polls, balances and checks are now."""
 
     def __init__(
         self,
         driver: _Driver,
         panels: tuple[DemoPanel, ...],
         sims: Mapping[str, ThreadedSimulator],
+        clock: SimulatedNow,
+        first_midnight: float,
+        start: float,
+        end: float,
+        plan: list[DayPlan],
     ) -> None:
         self.driver = driver
         self.panels = panels
         self.sims = sims
-        self.names = [p.name for p in panels]
-        self.step = driver.say
+        self.clock = clock
+        self.first_midnight = first_midnight
+        self.end = end
+        self.plan = plan
+        self.names = tuple(p.name for p in panels)
+        self.say = driver.say
+        self.sim_now = start  # the panels' clocks (frozen between the demo's moves)
+        self.notes: list[str] = []
+        self.polls: Counter[str] = Counter()
+        # (panel, ref) → (day, service, link) of every order row dropped, for the refills
+        self.placed: dict[tuple[str, str], tuple[int, int, str]] = {}
+        self.refilled: set[tuple[str, str]] = set()
+        self.topped_up: set[str] = set()
+        self.top_up_due: set[str] = set()
+        self.catalogs = {p.name: {s["service"]: s for s in p.catalog} for p in panels}
+
+    # -- time -----------------------------------------------------------------------------
+
+    def at(self, day: int, hour: int, minute: int = 0) -> None:
+        self.jump(self.first_midnight + day * DAY + hour * 3600 + minute * 60)
+
+    def jump(self, instant: float) -> None:
+        """Move the panels' clocks and the pipeline's "now" to `instant` (simulated)."""
+        instant = max(instant, self.sim_now)
+        for sim in self.sims.values():
+            sim.advance(instant - self.sim_now)
+        self.sim_now = instant
+        self.clock.jump_to(instant)
+
+    # -- the month ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.sync_catalogs("first sync")
-        self.refresh_balances()
-        self.drop("orders", "orders_all_types.csv", "order_csv_sensor", "submit_orders")
-        self.drop("cancels", "cancels.csv", "cancel_csv_sensor", "cancel_orders")
-        self.poll(rounds=3, minutes=10)
-        self.change_catalogs()
-        self.sync_catalogs("re-sync after the catalog changes")
-        self.drop("orders", "orders_default.csv", "order_csv_sensor", "submit_orders")
-        self.poll(rounds=3, minutes=30)
-        self.drop("refills", "refills.csv", "refill_csv_sensor", "request_refills")
-        self.advance(4 * 60)
-        refill_polls = self.driver.run_sensor("refill_status_sensor", "poll_refill_statuses")
-        self.step(f"refill_status_sensor → {len(refill_polls)} refill poll run(s)")
-        self.poll(rounds=2, minutes=240)
+        for day_plan in self.plan:
+            self.day(day_plan)
+        self.jump(self.end)
+        self.driver.verbose = True
+        self.say(f"now ({_day_label(self.end)}, the end of the simulated history):")
+        self.poll_orders()
+        self.poll_refills()
         self.refresh_balances()
         self.check_orders()
+        self.driver.execute("publish_replica")
 
-    def advance(self, minutes: int) -> None:
-        for sim in self.sims.values():
-            sim.advance(minutes * 60)
+    def day(self, plan: DayPlan) -> None:
+        self.notes = []
+        self.polls = Counter()
+        self.driver.verbose = plan.day == 0
+        self.at(plan.day, 8)
+        if plan.day == 0:
+            self.say(f"day 0 ({_day_label(self.sim_now)}), told step by step:")
+            self.sync_catalogs("first sync")
+            self.refresh_balances()
+        elif not plan.order_file:  # on an order day, the polls after the drop do it
+            self.poll_orders()
+            self.poll_refills()
+        changes = [(p, c) for p in self.panels for c in p.catalog_changes if c.day == plan.day]
+        if changes:
+            self.at(plan.day, 8, 30)
+            self.change_catalogs(changes)
+            self.at(plan.day, 8, 35)
+            self.sync_catalogs("re-sync after the catalog changes")
+        if self.top_up_due:
+            self.at(plan.day, 8, 50)
+            self.top_up()
+        if plan.order_file:
+            self.at(plan.day, 0, plan.order_minute)
+            self.drop_orders(plan)
+            if plan.day == 0:
+                self.at(plan.day, 0, plan.order_minute + 5)
+                content = for_panels(sample_text("cancels.csv"), self.names)
+                self.drop("cancels", "cancels.csv", content)
+            elif plan.cancel_file:
+                self.at(plan.day, 0, plan.order_minute + 5)
+                self.drop("cancels", plan.cancel_file, action_csv(plan.cancels))
+            for minutes in plan.polls_after:
+                self.at(plan.day, 0, plan.order_minute + minutes)
+                self.poll_orders()
+        if plan.refills:
+            self.at(plan.day, 15)
+            self.drop_refills(plan.day)
+            self.at(plan.day, 17)
+            self.poll_refills()
+        if plan.day % 7 in BALANCE_WEEKDAYS or plan.day in (0, len(self.plan) - 1):
+            self.at(plan.day, 20)
+            self.refresh_balances()
+        if plan.day:
+            polls = [f"{n} {what} poll run{'s' * (n > 1)}" for what, n in self.polls.items() if n]
+            notes = self.notes + polls or ["nothing dropped, nothing open to poll"]
+            self.say(f"day {plan.day:2d} {_day_label(self.sim_now)}: " + "; ".join(notes))
+
+    def note(self, text: str, short: str | None = None) -> None:
+        """One event of the day: its own line on day 0 (`text`), a part of the day's line
+        afterwards (`short`, else `text`)."""
+        if self.driver.verbose:
+            self.say(text)
+        else:
+            self.notes.append(short or text)
+
+    # -- the steps -----------------------------------------------------------------------------
 
     def sync_catalogs(self, why: str) -> None:
         for name in self.names:
             self.driver.execute("refresh_service_catalog", partition_key=name)
-        self.step(f"service_catalog materialized for {', '.join(self.names)} ({why})")
+        self.note(f"service_catalog materialized for {', '.join(self.names)} ({why})",
+                  "catalogs synced")  # fmt: skip
 
     def refresh_balances(self) -> None:
+        warned = []
         for name in self.names:
-            self.driver.execute("refresh_panel_balances", partition_key=name)
-        balances = ", ".join(f"{n} {self.sims[n].balance()}" for n in self.names)
-        self.step(f"panel_balances materialized: {balances}")
-
-    def drop(self, kind: str, sample: str, sensor: str, job: str) -> None:
-        content = for_panels(sample_text(sample), self.names)
-        counts = self.driver.drop(kind, sample, content, sensor, job)
-        outcome = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        self.step(f"{sample} (rows for both panels) → {sensor} → {job}: {outcome}")
-
-    def poll(self, rounds: int, minutes: int) -> None:
-        for _ in range(rounds):
-            self.advance(minutes)
-            polled = self.driver.run_sensor("order_status_sensor", "poll_order_statuses")
-            on_panels = Counter(o["status"] for sim in self.sims.values() for o in sim.orders())
-            self.step(
-                f"simulated clock +{minutes} min, order_status_sensor → {len(polled)} poll "
-                "run(s); panels now report "
-                + ", ".join(f"{n} {s}" for s, n in sorted(on_panels.items()))
-            )
-
-    def change_catalogs(self) -> None:
+            result = self.driver.execute("refresh_panel_balances", partition_key=name)
+            for check in result.get_asset_check_evaluations():
+                if check.check_name == low_balance_check_name(name) and not check.passed:
+                    warned.append(name)
+        shown = ", ".join(f"{n} {self.sims[n].balance()}" for n in self.names)
+        low = f" (low_balance warns: {', '.join(warned)})" if warned else ""
+        self.note(f"panel_balances materialized: {shown}{low}", f"balances {shown}{low}")
         for panel in self.panels:
+            if panel.name in warned and panel.top_up and panel.name not in self.topped_up:
+                self.top_up_due.add(panel.name)
+
+    def top_up(self) -> None:
+        for panel in self.panels:
+            if panel.name in self.top_up_due and panel.top_up:
+                sim = self.sims[panel.name]
+                sim.set_balance(sim.balance() + Decimal(panel.top_up))
+                self.topped_up.add(panel.name)
+                self.note(f"{panel.name} topped up by {panel.top_up}")
+        self.top_up_due.clear()
+
+    def change_catalogs(self, changes: list[tuple[DemoPanel, CatalogChange]]) -> None:
+        for panel, change in changes:
             sim = self.sims[panel.name]
-            for service_id, rate in panel.price_moves.items():
+            for service_id, rate in change.rates.items():
                 sim.patch_service(service_id, rate=rate)
-            for service_id in panel.removals:
+            for service_id in change.removals:
                 sim.remove_service(service_id)
-            removed = f" and removed services {list(panel.removals)}" if panel.removals else ""
-            self.step(f"{panel.name} changed {len(panel.price_moves)} prices{removed}")
+            removed = f" and removed services {list(change.removals)}" if change.removals else ""
+            moves = ", ".join(f"{sid} → {rate}" for sid, rate in change.rates.items())
+            self.note(f"{panel.name} changed prices ({moves}){removed}")
+
+    def drop(self, kind: str, name: str, content: str) -> dict[str, int]:
+        sensor, job = _DROPS[kind]
+        counts = self.driver.drop(kind, name, content, sensor, job)
+        self.note(f"{name} → {sensor} → {job}: {_outcome(counts)}", f"{name}: {_outcome(counts)}")
+        return counts
+
+    def drop_orders(self, plan: DayPlan) -> None:
+        if plan.day == 0:
+            content = for_panels(sample_text(plan.order_file), self.names)
+        else:
+            content = orders_csv(plan.orders)
+        for row in csv.DictReader(io.StringIO(content, newline="")):
+            if row.get("link"):
+                key = (row["panel"], row["ref"])
+                self.placed[key] = (plan.day, int(row["service"]), row["link"])
+        self.drop("orders", plan.order_file, content)
+
+    def drop_refills(self, day: int) -> None:
+        """Refill up to three finished orders per panel, placed two days ago or earlier, on
+        services that offer refills (the reseller saw their counts drop)."""
+        rng = random.Random(f"demo-refills-{day}")
+        pairs = []
+        for name in self.names:
+            status = {(o["service"], o["link"]): o["status"] for o in self.sims[name].orders()
+                      if o.get("link")}  # fmt: skip
+            candidates = sorted(
+                key
+                for key, (placed, service, link) in self.placed.items()
+                if key[0] == name
+                and key not in self.refilled
+                and placed <= day - 2
+                and self.catalogs[name].get(service, {}).get("refill")
+                and status.get((service, link)) in ("Completed", "Partial")
+            )
+            pairs += rng.sample(candidates, min(3, len(candidates)))
+        if not pairs:
+            self.note("no finished orders to refill")
+            return
+        self.refilled.update(pairs)
+        self.drop("refills", f"refills_day{day:02d}.csv", action_csv(pairs))
+
+    def poll_orders(self) -> None:
+        runs = self.driver.run_sensor("order_status_sensor", "poll_order_statuses")
+        if self.driver.verbose:
+            on_panels = Counter(o["status"] for s in self.sims.values() for o in s.orders())
+            self.say(f"order_status_sensor → {len(runs)} poll run(s); panels now report "
+                     f"{_outcome(on_panels)}")  # fmt: skip
+        self.polls["status"] += len(runs)
+
+    def poll_refills(self) -> None:
+        runs = self.driver.run_sensor("refill_status_sensor", "poll_refill_statuses")
+        if self.driver.verbose:
+            self.say(f"refill_status_sensor → {len(runs)} refill poll run(s)")
+        self.polls["refill status"] += len(runs)
 
     def check_orders(self) -> None:
         result = self.driver.execute("check_orders")
@@ -275,7 +458,14 @@ class _Tour:
             f"{e.check_name} {'passed' if e.passed else 'FAILED'}"
             for e in result.get_asset_check_evaluations()
         )
-        self.step(f"check_orders: {checks}")
+        self.note(f"check_orders: {checks}")
+
+
+_DROPS = {
+    "orders": ("order_csv_sensor", "submit_orders"),
+    "cancels": ("cancel_csv_sensor", "cancel_orders"),
+    "refills": ("refill_csv_sensor", "request_refills"),
+}
 
 
 def _prepare_directory(directory: Path) -> None:
@@ -288,9 +478,12 @@ def _prepare_directory(directory: Path) -> None:
 
 
 def build_demo_warehouse(
-    directory: Path | str, *, say: Callable[[str], None] = print
+    directory: Path | str, *, days: int = DEFAULT_DAYS, say: Callable[[str], None] = print
 ) -> DemoWarehouse:
-    """Run the demo into `directory` (new or empty) and return where its warehouse is."""
+    """Run the demo into `directory` (new or empty): `days` days of simulated history that
+    end now; returns where its warehouse is."""
+    if not 1 <= days <= MAX_DAYS:
+        raise DemoError(f"--days must be 1 to {MAX_DAYS} (the demo's money is planned for that)")
     directory = Path(directory).resolve()
     _prepare_directory(directory)
     started = time.monotonic()
@@ -303,12 +496,17 @@ def build_demo_warehouse(
     )
     folders = Folders(directory)
     folders.ensure()
+    # The history's last day is yesterday; day 0 starts `days` midnights (UTC) ago, at 08:00.
+    end = time.time() // 60 * 60
+    first_midnight = end // DAY * DAY - days * DAY
+    start = first_midnight + 8 * 3600
+    clock = SimulatedNow(start)
 
     def step(text: str) -> None:
         say(f"[{time.monotonic() - started:5.1f}s] {text}")
 
     with contextlib.ExitStack() as stack:
-        sims = _start_simulators(stack, panels, keys)
+        sims = _start_simulators(stack, panels, keys, start)
         warehouse.panels_file.write_text(
             panels_yaml({name: sim.url for name, sim in sims.items()}, panels), encoding="utf-8"
         )
@@ -323,13 +521,18 @@ def build_demo_warehouse(
             )
         )
         step(f"two simulated panels: {', '.join(f'{n} at {s.url}' for n, s in sims.items())}")
-        dagster_home = directory / ".dagster_home"
-        dagster_home.mkdir()
-        instance = stack.enter_context(
-            dg.DagsterInstance.local_temp(str(dagster_home), {"telemetry": {"enabled": False}})
-        )
+        # Dagster's runs and events in memory: the demo's product is the warehouse, and a
+        # SQLite event log (one database per run) would cost more than the runs themselves.
+        instance = stack.enter_context(dg.DagsterInstance.ephemeral())
         defs = load_definitions()
-        _Tour(_Driver(defs, instance, folders, step), panels, sims).run()
+        stack.enter_context(pipeline_clock(clock))
+        step(
+            f"{days} days of simulated history, {_day_label(start)} to now: the panels' "
+            "clocks and the pipeline's datetime.now() move together"
+        )
+        plan = month_plan(days, panels)
+        driver = _Driver(defs, instance, folders, step)
+        _Month(driver, panels, sims, clock, first_midnight, start, end, plan).run()
     step(f"done; read-only replica at {warehouse.replica}")
     return warehouse
 
@@ -378,23 +581,30 @@ def read_views(db_path: Path | str) -> dict[str, pd.DataFrame]:
 
 
 def print_views(db_path: Path | str, out: TextIO | None = None) -> dict[str, int]:
-    """Print each analytics view as a table; returns the row count of each."""
+    """Print each analytics view as a table (a long one as its first and last rows); returns
+    the row count of each."""
     out = out or sys.stdout
     counts = {}
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         for view, frame in read_views(db_path).items():
             counts[view] = len(frame)
             print(f"\n== {view} ({len(frame)} rows) ==", file=out)
-            print(frame.to_string(index=False, max_colwidth=40) if len(frame) else "(empty)",
-                  file=out)  # fmt: skip
+            if not len(frame):
+                print("(empty)", file=out)
+                continue
+            print(frame.to_string(index=False, max_colwidth=40, max_rows=PRINTED_ROWS,
+                                  min_rows=PRINTED_ROWS), file=out)  # fmt: skip
+            if len(frame) > PRINTED_ROWS:
+                print(f"({len(frame) - PRINTED_ROWS} rows not shown: SELECT * FROM {view} "
+                      "on the replica)", file=out)  # fmt: skip
     return counts
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m smm_devkit.demo",
-        description="Run the pipeline end to end against two simulated panels, in a "
-        "temporary directory, and print every analytics view.",
+        description="Run the pipeline end to end against two simulated panels over weeks of "
+        "simulated history, in a temporary directory, and print every analytics view.",
     )
     parser.add_argument(
         "--keep",
@@ -402,13 +612,20 @@ def main(argv: list[str] | None = None) -> int:
         help="build in DIR (new or empty) and keep it: a data dir for the notebook "
         "(SMM_DATA_DIR=DIR, or SMM_DUCKDB_PATH=DIR/warehouse.duckdb)",
     )
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=DEFAULT_DAYS,
+        metavar="N",
+        help=f"days of simulated history, ending now: 1 to {MAX_DAYS} (default {DEFAULT_DAYS})",
+    )
     args = parser.parse_args(argv)
     # Dagster's notices about its own beta parameters say nothing to a demo's reader.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     try:
         if args.keep:
-            warehouse = build_demo_warehouse(args.keep)
+            warehouse = build_demo_warehouse(args.keep, days=args.days)
             print_views(warehouse.db_path)
             print(
                 f"\nKept in {warehouse.data_dir}. Open the notebook on it with:\n"
@@ -418,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             with tempfile.TemporaryDirectory(prefix="smm_demo_") as tmp:
-                warehouse = build_demo_warehouse(Path(tmp) / "demo")
+                warehouse = build_demo_warehouse(Path(tmp) / "demo", days=args.days)
                 print_views(warehouse.db_path)
     except DemoError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)

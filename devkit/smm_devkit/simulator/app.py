@@ -92,10 +92,15 @@ class Simulator:
         latency_ms: float = 0.0,
         rate_limit_per_minute: int = 0,
         delay_values: Iterable[int] = DEFAULT_DELAY_VALUES,
+        clock_start: float | None = None,
     ) -> Simulator:
-        """A simulator, resumed from `state_file` when it holds a journal."""
+        """A simulator, resumed from `state_file` when it holds a journal.
+
+        `clock_start` is the simulated epoch time a new panel starts at (default: the real
+        time), e.g. weeks ago for a demo that plays a month of history; a journal's own time
+        wins over it."""
         state = PanelState.open(
-            SimClock(speed=clock_speed),
+            SimClock(speed=clock_speed, start=clock_start),
             Journal(state_file),
             catalog=catalog if catalog is not None else default_catalog(),
             balance=Decimal(str(balance)),

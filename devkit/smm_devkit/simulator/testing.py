@@ -236,8 +236,10 @@ def running_simulator(
     delay_values: Iterable[int] = DEFAULT_DELAY_VALUES,
     host: str = "127.0.0.1",
     port: int = 0,
+    clock_start: float | None = None,
 ) -> Iterator[ThreadedSimulator]:
-    """A simulator on a free loopback port for the duration of the `with` block."""
+    """A simulator on a free loopback port for the duration of the `with` block
+    (`clock_start`: the simulated epoch time it starts at; default the real time)."""
     sim = Simulator.create(
         keys=tuple(keys),
         state_file=state_file,
@@ -249,6 +251,7 @@ def running_simulator(
         latency_ms=latency_ms,
         rate_limit_per_minute=rate_limit_per_minute,
         delay_values=delay_values,
+        clock_start=clock_start,
     )
     try:
         handle = ThreadedSimulator(sim, host, port)
