@@ -59,8 +59,8 @@ lint: $(STAMP) ## ruff format + ruff check --fix
 bench: $(STAMP) ## The benchmarks against the simulator (figures in the README)
 	$(BIN)/python -m benchmarks
 
-demo: $(STAMP) ## Headless end-to-end run with simulated history; KEEP=dir keeps it for the notebook
-	$(BIN)/python -m smm_devkit.demo $(if $(KEEP),--keep $(KEEP))
+demo: $(STAMP) ## Five weeks of simulated history, headless (KEEP=dir keeps it, DAYS=n shortens it)
+	$(BIN)/python -m smm_devkit.demo $(if $(KEEP),--keep $(KEEP)) $(if $(DAYS),--days $(DAYS))
 
 notebook: $(STAMP) ## JupyterLab on 127.0.0.1 with notebooks/analytics.ipynb
 	$(WITH_ENV); SMM_DATA_DIR="$$data" $(BIN)/jupyter lab --ip $(HOST) --port $(NOTEBOOK_PORT) \
