@@ -835,3 +835,51 @@ def test_ambiguous_errors_do_not_stop_a_batch_unless_told():
     cause = TransportError("connection failed", sent=True)
     assert AmbiguousSubmissionError(cause).stops_batch is False
     assert AmbiguousSubmissionError(cause, stops_batch=True).stops_batch is True
+
+
+def test_a_panel_whose_certificate_is_not_trusted_gets_no_request(tmp_path):
+    """TLS is verified (one shared context per process): against a loopback https server with
+    a self-signed certificate the call fails before any request (so before the key) is sent."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    received: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"balance": "1.00", "currency": "USD"}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/api/v2"
+    client = make_client(url, max_retries=0)
+    try:
+        with pytest.raises(TransportError) as info:
+            client.balance()
+        assert received == []  # refused in the handshake: nothing, no key, was sent
+        assert TEST_KEY not in str(info.value)
+        # The same server answers a client that trusts its certificate: it was the check.
+        trusting = httpx.Client(verify=ssl.create_default_context(cafile=str(cert)))
+        assert trusting.post(url, data={"action": "balance"}).status_code == 200
+        trusting.close()
+        assert len(received) == 1
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
