@@ -154,7 +154,7 @@ def test_sigkill_mid_batch_then_rerun_submits_each_row_at_most_once(
     assert (pipeline.folders.processed / "crash.results.csv").exists()
 
 
-KILLS = 10
+KILLS = 6
 
 
 def test_random_sigkills_leave_only_the_requests_in_flight_ambiguous(tmp_path, slow_sim):
