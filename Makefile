@@ -49,7 +49,7 @@ test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml ## ruff, `dg check defs` and the who
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/dg check defs
-	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: $(STAMP) ## ruff format + ruff check --fix
