@@ -10,7 +10,8 @@ SIM_PORT ?= 8765
 UI_PORT ?= 3000
 NOTEBOOK_PORT ?= 8888
 export SMM_DATA_DIR ?= $(CURDIR)/data
-export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# make run keeps Dagster's history in the project (an inherited DAGSTER_HOME is not touched).
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
 # `dg` runs in the project's own virtual environment.
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 CODE := smm_pipeline smm_pipeline_tests benchmarks devkit
@@ -18,7 +19,7 @@ CODE := smm_pipeline smm_pipeline_tests benchmarks devkit
 # pipeline; the folders below are the ones it names.
 WITH_ENV := set -a; source .env; set +a; data="$${SMM_DATA_DIR:-$(CURDIR)/data}"
 
-.PHONY: help run test lint format bench demo notebook simulator reset clean
+.PHONY: help run test lint bench demo notebook simulator reset clean
 
 help: ## List the make targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,17 +63,22 @@ bench: $(STAMP) ## The benchmarks against the simulator (figures in the README)
 demo: $(STAMP) ## Five weeks of simulated history, headless (KEEP=dir keeps it, DAYS=n shortens it)
 	$(BIN)/python -m smm_devkit.demo $(if $(KEEP),--keep $(KEEP)) $(if $(DAYS),--days $(DAYS))
 
-notebook: $(STAMP) ## JupyterLab on 127.0.0.1 with notebooks/analytics.ipynb
+notebook: $(STAMP) .env ## JupyterLab on 127.0.0.1 with notebooks/analytics.ipynb
 	$(WITH_ENV); SMM_DATA_DIR="$$data" $(BIN)/jupyter lab --ip $(HOST) --port $(NOTEBOOK_PORT) \
 	  --no-browser notebooks/analytics.ipynb
 
-simulator: $(STAMP) ## The panel simulator alone, on 127.0.0.1:8765 (SIM_PORT=...)
+simulator: $(STAMP) .env ## The panel simulator alone, on 127.0.0.1:8765 (SIM_PORT=...)
 	$(WITH_ENV); $(BIN)/python -m smm_devkit.simulator --host $(HOST) --port $(SIM_PORT) \
 	  --state-file "$$data/simulator_state.jsonl"
 
-reset: .env ## Delete the local state (warehouse, inbox, results, simulator, Dagster history)
-	$(WITH_ENV); rm -rf "$$data/inbox" "$$data/processed" "$$data/rejected" "$$data/panel_budget" \
-	  "$${SMM_DUCKDB_PATH:-$$data/warehouse.duckdb}"* "$$data/simulator_state.jsonl" $(DAGSTER_HOME)
+reset: .env ## Delete the local state (warehouse and replica, inbox, results, simulator, Dagster history)
+	$(WITH_ENV); db="$${SMM_DUCKDB_PATH:-$$data/warehouse.duckdb}"; \
+	for p in "$$data" "$$db" "$(DAGSTER_HOME)"; do \
+	  case "$$(realpath -m "$$p")" in "$(CURDIR)"/*) ;; \
+	  *) if [ "$(FORCE)" != 1 ]; then echo "refusing to delete $$p outside $(CURDIR) (make reset FORCE=1)"; exit 1; fi ;; esac; \
+	done; \
+	rm -rf "$$data/inbox" "$$data/processed" "$$data/rejected" "$$data/panel_budget" \
+	  "$$db"* "$${db%.duckdb}.read.duckdb"* "$$data/simulator_state.jsonl" "$(DAGSTER_HOME)"
 	@echo "local state deleted (stop 'make run' first if it was running)"
 
 clean: ## Delete the venv and tool caches

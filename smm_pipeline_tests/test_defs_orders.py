@@ -386,3 +386,20 @@ def test_the_key_is_absent_from_the_event_log(pipeline, sim, instance):
         for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
             dump = repr(con.execute(f'SELECT * FROM "{table}"').fetchall())
             assert TEST_KEY not in dump
+
+
+def test_a_send_step_that_fails_still_signals_orders_so_its_checks_run(pipeline, sim, instance):
+    """The answer journal cannot be written (a file stands where its folder goes): the send
+    step fails before any add, and still reports `orders`, whose checks then run at once."""
+    journal = pipeline.db_path.resolve().with_name(pipeline.db_path.name + ".journal")
+    journal.write_text("not a folder")
+    result = drop_and_run(
+        pipeline, instance, "blocked.csv", "service,link,quantity\n1,https://x.com/a,100\n"
+    )
+    assert not result.success
+    assert sim.stats()["calls"].get("add", 0) == 0
+    [record] = instance.fetch_materializations(dg.AssetKey("orders"), limit=5).records
+    signal = record.asset_materialization
+    assert record.run_id == result.run_id
+    assert signal.description == "sending blocked.csv failed"
+    assert signal.metadata["open_orders"].value == 0

@@ -71,11 +71,9 @@ class PanelsResource(dg.ConfigurableResource):
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse. `path` defaults to SMM_DUCKDB_PATH or data/warehouse.duckdb;
-    `panels_file` (for the replica's max lag) to SMM_PANELS_FILE or ./panels.yaml."""
+    """The DuckDB warehouse. `path` defaults to SMM_DUCKDB_PATH or data/warehouse.duckdb."""
 
     path: str | None = None
-    panels_file: str | None = None
 
     @property
     def db_path(self) -> Path:
@@ -86,13 +84,14 @@ class WarehouseResource(dg.ConfigurableResource):
         with connect(self.db_path) as conn:
             yield conn
 
-    def publish_if_due(self, log: dg.DagsterLogManager, instance: dg.DagsterInstance) -> None:
+    def publish_if_due(
+        self, log: dg.DagsterLogManager, instance: dg.DagsterInstance, max_lag: float
+    ) -> None:
         """The one publish rule: refresh the analysts' read-only replica after a write, unless
         it was published less than `pipeline.replica_max_lag_seconds` ago (then a later run, or
         replica_sensor, publishes it within that bound). Called by `replica_hooks` when a
         writing step ends, so after the step's signals to the sensors (its materializations):
         a failed publish cannot lose them."""
-        max_lag = load_settings(self.panels_file, check_keys=False).pipeline.replica_max_lag_seconds
         age = replica_age(self.db_path)
         if age is not None and age < max_lag:
             log.debug(f"replica published {age:.0f} s ago: left for later (max lag {max_lag} s)")
@@ -134,15 +133,16 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 def _publish(context: dg.HookContext) -> None:
-    context.resources.warehouse.publish_if_due(context.log, context.instance)
+    max_lag = context.resources.panels.settings().pipeline.replica_max_lag_seconds
+    context.resources.warehouse.publish_if_due(context.log, context.instance, max_lag)
 
 
-@dg.success_hook(required_resource_keys={"warehouse"})
+@dg.success_hook(required_resource_keys={"warehouse", "panels"})
 def publish_replica_after_success(context: dg.HookContext) -> None:
     _publish(context)
 
 
-@dg.failure_hook(required_resource_keys={"warehouse"})
+@dg.failure_hook(required_resource_keys={"warehouse", "panels"})
 def publish_replica_after_failure(context: dg.HookContext) -> None:
     """A refused file writes too (processed_files, rejected rows): publish after it as well."""
     _publish(context)

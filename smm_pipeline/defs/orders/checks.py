@@ -20,9 +20,11 @@ from smm_pipeline.warehouse.monitoring import (
     stuck_orders,
 )
 
-# Evaluated whenever `orders` was updated since the checks last ran (and not while they run).
+# Requested when `orders` was updated since the checks were last requested, once no check run
+# is in progress: a write that lands while the checks run is checked right after that run.
 AFTER_EVERY_WRITE = (
-    dg.AutomationCondition.any_deps_updated() & ~dg.AutomationCondition.in_progress()
+    dg.AutomationCondition.any_deps_updated().since(dg.AutomationCondition.newly_requested())
+    & ~dg.AutomationCondition.in_progress()
 )
 
 

@@ -10,7 +10,12 @@ import dagster as dg
 from smm_pipeline.lib.file_sensors import FileRunConfig, file_drop_sensor, rejection_failure
 from smm_pipeline.lib.metadata import frame_preview, money
 from smm_pipeline.lib.poll_requests import orders_materialization
-from smm_pipeline.lib.resources import PanelsResource, WarehouseResource, replica_hooks
+from smm_pipeline.lib.resources import (
+    PanelsResource,
+    WarehouseResource,
+    publish_replica_after_failure,
+    replica_hooks,
+)
 from smm_pipeline.operations.inbox import FileRejected
 from smm_pipeline.operations.order_files import (
     FileChanged,
@@ -19,6 +24,7 @@ from smm_pipeline.operations.order_files import (
     prepare_order_file,
 )
 from smm_pipeline.operations.submission import submit_file
+from smm_pipeline.warehouse.db import WarehouseError
 
 
 @dg.op(description="Read the dropped file, validate every row, record the outbox.")
@@ -74,10 +80,26 @@ def submit_order_rows(
         context.log.info(f"{prepared.file_name}: nothing to send")
         return prepared
     settings = panels.settings()
-    with panels.clients(settings, only=prepared.panels) as clients:
-        report = submit_file(
-            warehouse.db_path, prepared.file_hash, clients, progress=context.log.info
-        )
+    try:
+        with panels.clients(settings, only=prepared.panels) as clients:
+            report = submit_file(
+                warehouse.db_path, prepared.file_hash, clients, progress=context.log.info
+            )
+    except Exception:
+        # Rows may be left sending or ambiguous: say so to `orders`, so that its checks run
+        # now (the checks' automation), not at the next schedule tick.
+        try:
+            context.log_event(
+                orders_materialization(
+                    warehouse,
+                    f"sending {prepared.file_name} failed",
+                    enabled=settings.panel_names,
+                    file=prepared.file_name,
+                )
+            )
+        except WarehouseError as exc:
+            context.log.warning(f"the orders checks could not be signalled: {exc}")
+        raise
     context.add_output_metadata(
         {
             "to_send": report.total,
@@ -149,10 +171,14 @@ def report_order_file(
 @dg.job(
     description="Validate and submit one dropped order file (launched by order_csv_sensor).",
     tags={"smm/kind": "orders"},
-    hooks=replica_hooks,
 )
 def submit_orders():
-    report_order_file(submit_order_rows(validate_order_file()))
+    # The replica follows the file's report (or a refusal, or a failed send), not each step:
+    # a publish before the sends would only delay them.
+    on_failure = {publish_replica_after_failure}
+    prepared = validate_order_file.with_hooks(on_failure)()
+    sent = submit_order_rows.with_hooks(on_failure)(prepared)
+    report_order_file.with_hooks(replica_hooks)(sent)
 
 
 order_csv_sensor = file_drop_sensor(
