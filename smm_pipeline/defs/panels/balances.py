@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from smm_pipeline.lib.metadata import money
+from smm_pipeline.lib.metadata import money, timestamp
 from smm_pipeline.lib.panels import (
     configured_settings,
     low_balance_check_name,
@@ -87,6 +87,7 @@ def defs() -> dg.Definitions:
                 )
                 continue
             meta["balance"] = money(row.balance, row.currency)
+            meta["fetched_at"] = timestamp(row.fetched_at)
             passed = threshold is None or row.balance >= threshold
             yield dg.AssetCheckResult(
                 check_name=key.name,
