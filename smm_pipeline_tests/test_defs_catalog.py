@@ -251,3 +251,26 @@ def test_a_panel_name_with_a_dash_loads_and_gets_its_low_balance_check(
     ]
     assert check.check_name == "low_balance_my_panel"
     assert check.passed
+
+
+def test_the_analytics_views_are_assets_with_the_warehouses_columns(pipeline):
+    """Each view is an asset downstream of the tables it reads, and its column schema is what
+    DuckDB describes on the real (migrated) warehouse file."""
+    from smm_pipeline.warehouse import connect
+    from smm_pipeline.warehouse.views import VIEW_NAMES
+
+    graph = pipeline.defs().resolve_asset_graph()
+    with connect(pipeline.db_path) as conn:
+        for name in VIEW_NAMES:
+            node = graph.get(dg.AssetKey(name))
+            schema = node.metadata["dagster/column_schema"]
+            described = conn.execute(f"DESCRIBE {name}").fetchall()
+            assert [(c.name, c.type) for c in schema.columns] == [(r[0], r[1]) for r in described]
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("spend_daily")).parent_keys}
+    assert parents == {"spend_facts"}
+    lineage = {k.to_user_string() for k in graph.get(dg.AssetKey("order_facts")).parent_keys}
+    assert {"orders", "service_catalog", "panel_balances"} <= lineage
+    assert {k.to_user_string() for k in graph.get(dg.AssetKey("orders")).parent_keys} == {
+        "service_catalog",
+        "panel_balances",
+    }
