@@ -68,7 +68,7 @@ MEMORY_NOTE = (
     "after). Records are read 1,024 at a time, refs are looked up and outbox rows written "
     "20,000 at a time. Rows of the types left to the general check (lists, subscriptions, "
     "unknown types) are kept as objects, about 1 KB a row. Not part of the run: the sensor "
-    "tick that launches it reads the file too (defs/files.py counts its rows on a StringIO "
+    "tick that launches it reads the file too (lib/file_sensors.py counts its rows on a StringIO "
     "copy of its text, about 4 bytes a character)."
 )
 

@@ -142,7 +142,7 @@ def _drop_complete(folder: Path, source: Path) -> None:
     """Copy a file in the way a user should: written beside the inbox, then moved in."""
     staged = folder.parent / f".{source.name}.part"
     shutil.copyfile(source, staged)
-    old = time.time() - 120  # written two minutes ago (still two looks: see defs/files.py)
+    old = time.time() - 120  # written two minutes ago (still two looks: see lib/file_sensors.py)
     os.utime(staged, (old, old))
     os.replace(staged, folder / source.name)
 

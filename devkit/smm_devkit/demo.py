@@ -8,8 +8,9 @@ files (every order type, a cancel); then order files three days a week for diffe
 campaigns, a cancel file weekly, refills of finished orders weekly, status polls as the orders
 move, prices changing four times with a catalog sync after each, balances fetched with every
 order file and weekly, running down with the spend, and one top-up when a low-balance check
-warns. Finally every analytics view is printed from the read-only replica (published once, at
-the end: the demo's panels.yaml keeps the runs from copying the warehouse after each one).
+warns. Finally every analytics view is printed from the read-only replica (published by the
+first write, when there is none, and again at the end: the demo's panels.yaml keeps the runs
+from copying the warehouse after each one).
 
 Everything goes through the real code location: the sensors are evaluated and the runs they
 ask for executed in process on an in-memory Dagster instance, against the simulators over

@@ -86,7 +86,7 @@ class CatalogError(ValueError):
 
 
 def default_catalog() -> list[dict[str, Any]]:
-    """A fresh copy of the built-in catalog, covering every service type of SPEC §1."""
+    """A fresh copy of the built-in catalog: every service type of the README's type table."""
     return [
         {
             "service": sid,

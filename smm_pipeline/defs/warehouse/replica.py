@@ -3,7 +3,7 @@
 Every writing step publishes the replica when it ends, if it is older than
 `pipeline.replica_max_lag_seconds` (`lib.resources.replica_hooks`, the one publish rule).
 `replica_sensor` covers the quiet time after the last run: it looks at the two files'
-modification times only (a sensor opens no DuckDB connection: README, Sensors) and launches
+modification times only (a sensor opens no DuckDB connection: README, Dagster) and launches
 `publish_replica` when the warehouse changed after the replica was published and the replica is
 at least that old. Each publish is a `warehouse_replica` materialization carrying its cost.
 """
