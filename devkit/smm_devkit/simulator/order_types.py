@@ -1,8 +1,9 @@
 """What an `add` request must carry for each service type, and what it costs.
 
 This is the panel's side of the README's type table (CSV drops: Orders): it decides the
-quantity (for list types the number of lines), validates the type's own fields and prices the order, answering with the
-panel's error sentence when something is wrong. It knows nothing of state or HTTP.
+quantity (for list types the number of lines), validates the type's own fields and prices the
+order, answering with the panel's error sentence when something is wrong. It knows nothing of
+state or HTTP.
 """
 
 from __future__ import annotations
