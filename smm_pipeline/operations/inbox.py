@@ -159,11 +159,6 @@ def scan(folder: Path) -> Listing:
     return Listing(files, unusable)
 
 
-def observe(folder: Path) -> list[Observation]:
-    """The candidate CSV files in a drop folder, oldest first."""
-    return scan(folder).files
-
-
 def is_complete(
     obs: Observation, previous: list | None, *, now: float | None = None, gap: float
 ) -> bool:

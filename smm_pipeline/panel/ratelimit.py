@@ -26,7 +26,6 @@ buckets live in a private in-memory SQLite database: shared by the threads of on
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import math
 import os
@@ -429,14 +428,3 @@ def budget_for(
                 None if folder is None else Path(where),
             )
         return budget
-
-
-def close_budgets() -> None:
-    """Close every budget's SQLite connection (tests that remove their folders)."""
-    with _registry_lock:
-        for budget in _registry.values():
-            with contextlib.suppress(Exception):
-                budget._conn.close()
-            if budget._slots is not None:
-                budget._slots.close()
-        _registry.clear()

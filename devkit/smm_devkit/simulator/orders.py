@@ -20,8 +20,6 @@ POST_INTERVAL = 6 * 3600  # a subscribed account publishes a new post every 6 si
 UNFINISHED = frozenset({"Pending", "In progress", "Processing"})
 ORDER_WORDS = ("Pending", "In progress", "Processing", "Completed", "Partial", "Canceled")
 ORDER_WORDS += ("Refunded",)
-REFILL_WORDS = ("Pending", "In progress", "Completed", "Rejected", "Canceled")
-SUBSCRIPTION_WORDS = ("Active", "Paused", "Completed", "Expired", "Canceled")
 
 
 @dataclass(frozen=True)
