@@ -325,6 +325,12 @@ def _parse_pipeline(raw: Any) -> PipelineConfig:
     return _validated(PipelineConfig, raw, "pipeline", _RETIRED_PIPELINE_FIELDS)
 
 
+def panel_identifier(name: str) -> str:
+    """A panel name as a Dagster name may hold it (letters, digits and `_`: the low-balance
+    check of each panel): `-` becomes `_`. Two panels whose identifiers agree are refused."""
+    return name.replace("-", "_")
+
+
 def parse_settings(
     document: Any,
     *,
@@ -348,14 +354,13 @@ def parse_settings(
     for p in panels:
         if p.name in seen.values():
             raise ConfigError(f"panel {p.name!r}: field name is used twice; names must be unique")
-        # Dagster names (the low-balance check of each panel) allow `_` but not `-`.
-        twin = seen.get(p.name.replace("-", "_"))
+        twin = seen.get(panel_identifier(p.name))
         if twin is not None:
             raise ConfigError(
                 f"panel {p.name!r}: field name differs from panel {twin!r} only by - and _, "
                 "which Dagster's check names cannot tell apart; rename one"
             )
-        seen[p.name.replace("-", "_")] = p.name
+        seen[panel_identifier(p.name)] = p.name
     if not any(p.enabled for p in panels):
         raise ConfigError(f"{source or 'panels.yaml'}: no panel is enabled")
     if check_keys:

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from smm_pipeline.config import Settings, load_settings
+from smm_pipeline.config import Settings, load_settings, panel_identifier
 
 
 def configured_settings() -> Settings:
@@ -17,10 +17,9 @@ def panel_partitions(settings: Settings) -> dg.StaticPartitionsDefinition:
 
 
 def low_balance_check_name(panel: str) -> str:
-    """`low_balance_<panel>`: Dagster names allow letters, digits and `_` only, so a `-` in a
-    panel name becomes `_` here (names stay distinct: see `config`, which refuses two panels
-    that differ only so)."""
-    return f"low_balance_{panel.replace('-', '_')}"
+    """`low_balance_<panel>`, with the panel's Dagster-safe identifier (`my-panel` →
+    `low_balance_my_panel`; config refuses two panels with one identifier)."""
+    return f"low_balance_{panel_identifier(panel)}"
 
 
 def per_panel_schedule(name: str, cron: str, job, settings: Settings) -> dg.ScheduleDefinition:
