@@ -129,8 +129,32 @@ def _run_as() -> tuple[str | None, int | None, int | None]:
     return entry.pw_name, entry.pw_uid, entry.pw_gid
 
 
-def _bin(name: str) -> str:
-    return str(_pgserver()._commands.POSTGRES_BIN_PATH / name)
+def _bin(name: str, bin_dir: Path | None = None) -> str:
+    return str((bin_dir or _pgserver()._commands.POSTGRES_BIN_PATH) / name)
+
+
+def _reachable_bin_dir(user: str | None, scratch: Path) -> Path:
+    """Where `user` can run the server binaries from. As root the server runs as `pgserver`,
+    which cannot reach a venv under a private directory (a `mktemp -d` checkout, /root): then
+    pgserver's installation (and the libraries beside it) is copied into `scratch`, which that
+    user can read."""
+    installed = _pgserver()._commands.POSTGRES_BIN_PATH
+    if user is None:
+        return installed
+    try:
+        subprocess.run(
+            [str(installed / "initdb"), "--version"], user=user, capture_output=True, check=True
+        )
+        return installed
+    except (PermissionError, subprocess.CalledProcessError):
+        # The binaries find their libraries at $ORIGIN/../../../pgserver.libs: keep that shape.
+        install = installed.parent  # site-packages/pgserver/pginstall
+        site = install.parent.parent
+        shutil.copytree(
+            install, scratch / "pgserver" / "pginstall", ignore=shutil.ignore_patterns("include")
+        )
+        shutil.copytree(site / "pgserver.libs", scratch / "pgserver.libs")
+        return scratch / "pgserver" / "pginstall" / "bin"
 
 
 def _pg(args: list[str], user: str | None, timeout: float = 60) -> None:
@@ -153,11 +177,14 @@ def running_postgres() -> Iterator[PostgresServer]:
     on exit."""
     user, uid, gid = _run_as()
     root = Path(tempfile.mkdtemp(prefix="smm-pg-"))
+    root.chmod(0o755)  # the binaries copied here (as root) must be readable by the server
     data = root / "data"
     # Characters that must be quoted in a URL: the password travels through dagster-postgres's
     # connection string, so a test with it proves the quoting.
     password = f"{secrets.token_hex(8)}@:/%"
+    bin_dir: Path | None = None
     try:
+        bin_dir = _reachable_bin_dir(user, root)
         if uid is not None:
             os.chown(root, uid, gid)
         pwfile = root / "pwfile"
@@ -165,7 +192,7 @@ def running_postgres() -> Iterator[PostgresServer]:
         if uid is not None:
             os.chown(pwfile, uid, gid)
         _pg(
-            [_bin("initdb"), "-D", str(data), "-U", USERNAME, f"--pwfile={pwfile}",
+            [_bin("initdb", bin_dir), "-D", str(data), "-U", USERNAME, f"--pwfile={pwfile}",
              "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "--encoding=UTF8",
              "--locale=C", "--no-sync"],
             user,
@@ -180,8 +207,8 @@ def running_postgres() -> Iterator[PostgresServer]:
             )
             try:
                 _pg(
-                    [_bin("pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-o", options,
-                     "-w", "-t", "30", "start"],
+                    [_bin("pg_ctl", bin_dir), "-D", str(data), "-l", str(root / "log"),
+                     "-o", options, "-w", "-t", "30", "start"],
                     user,
                 )  # fmt: skip
                 break
@@ -194,7 +221,7 @@ def running_postgres() -> Iterator[PostgresServer]:
         yield PostgresServer(HOST, port, USERNAME, password, root)
     finally:
         if (data / "postmaster.pid").exists():
-            _pg([_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], user)
+            _pg([_bin("pg_ctl", bin_dir), "-D", str(data), "-m", "immediate", "-w", "stop"], user)
         shutil.rmtree(root, ignore_errors=True)
 
 
