@@ -12,9 +12,29 @@ import pytest
 from smm_devkit.simulator.testing import ThreadedSimulator, running_simulator
 from smm_pipeline.config import Settings, load_settings
 from smm_pipeline.operations.inbox import Folders
+from smm_pipeline.warehouse.db import Location
+from smm_pipeline.warehouse.postgres import PostgresTarget
+from smm_pipeline_tests.postgres_server import postgres_database, postgres_server  # noqa: F401
 
 TEST_KEY = "test-key-7f3a9c"
 KEY_ENV = "SMM_TEST_PANEL_KEY"
+
+
+ENGINES = ("duckdb", "postgres")
+
+
+def engine_location(request: pytest.FixtureRequest, engine: str, tmp_path: Path) -> Location:
+    """A fresh, empty warehouse on `engine`: a DuckDB file under tmp_path, or a new database
+    on the session's throwaway Postgres."""
+    if engine == "duckdb":
+        return tmp_path / "warehouse.duckdb"
+    return PostgresTarget(request.getfixturevalue("postgres_database").url())
+
+
+@pytest.fixture(params=ENGINES)
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
+    """The same test on each engine: a DuckDB file, then a Postgres database."""
+    return engine_location(request, request.param, tmp_path)
 
 
 @pytest.fixture
@@ -36,7 +56,7 @@ class Pipeline:
 
     root: Path
     settings: Settings
-    db_path: Path
+    db_path: Location  # the warehouse: a DuckDB file, or a PostgresTarget
     folders: Folders
     panels_file: Path
     _loaded: tuple[bytes, object] | None = field(default=None, repr=False, compare=False)
@@ -58,15 +78,26 @@ class Pipeline:
 
 
 def make_pipeline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, panels: list[str], pipeline_yaml: str = ""
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    panels: list[str],
+    pipeline_yaml: str = "",
+    warehouse: Location | None = None,
 ) -> Pipeline:
+    """A pipeline under tmp_path; its warehouse is `warehouse` (a PostgresTarget sets
+    SMM_WAREHOUSE_URL), else the DuckDB file tmp_path/warehouse.duckdb."""
     panels_file = tmp_path / "panels.yaml"
     panels_file.write_text("panels:\n" + "\n".join(panels) + "\n" + pipeline_yaml)
     data = tmp_path / "data"
-    db_path = tmp_path / "warehouse.duckdb"
+    db_path = tmp_path / "warehouse.duckdb" if warehouse is None else warehouse
     monkeypatch.setenv("SMM_PANELS_FILE", str(panels_file))
     monkeypatch.setenv("SMM_DATA_DIR", str(data))
-    monkeypatch.setenv("SMM_DUCKDB_PATH", str(db_path))
+    if isinstance(db_path, PostgresTarget):
+        monkeypatch.setenv("SMM_WAREHOUSE_URL", db_path.url)
+        monkeypatch.delenv("SMM_DUCKDB_PATH", raising=False)
+    else:
+        monkeypatch.delenv("SMM_WAREHOUSE_URL", raising=False)
+        monkeypatch.setenv("SMM_DUCKDB_PATH", str(db_path))
     monkeypatch.setenv(KEY_ENV, TEST_KEY)
     folders = Folders(data)
     folders.ensure()
@@ -76,6 +107,27 @@ def make_pipeline(
 @pytest.fixture
 def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim: ThreadedSimulator) -> Pipeline:
     """One panel, `sim`, against the simulator; generous limits so tests run fast."""
+    return one_panel_pipeline(tmp_path, monkeypatch, sim)
+
+
+@pytest.fixture(params=ENGINES)
+def engine_pipeline(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sim: ThreadedSimulator,
+) -> Pipeline:
+    """`pipeline` on each engine: its warehouse a DuckDB file, then a Postgres database."""
+    location = engine_location(request, request.param, tmp_path)
+    return one_panel_pipeline(tmp_path, monkeypatch, sim, location)
+
+
+def one_panel_pipeline(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sim: ThreadedSimulator,
+    warehouse: Location | None = None,
+) -> Pipeline:
     return make_pipeline(
         tmp_path,
         monkeypatch,
@@ -96,4 +148,5 @@ def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim: ThreadedSimul
               catalog_max_age_minutes: 60
             """
         ),
+        warehouse,
     )

@@ -101,6 +101,15 @@ class PostgresDatabase:
     def connect(self):
         return self.server.connect(self.name)
 
+    def url(self) -> str:
+        """A postgresql:// URL for this database (SMM_WAREHOUSE_URL), password quoted."""
+        from urllib.parse import quote
+
+        s = self.server
+        return (
+            f"postgresql://{s.username}:{quote(s.password, safe='')}@{s.host}:{s.port}/{self.name}"
+        )
+
     def sqlalchemy_url(self):
         return self.server.sqlalchemy_url(self.name)
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from smm_pipeline.config import Settings, duckdb_path_from_env, load_settings
+from smm_pipeline.config import Settings, load_settings
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.ratelimit import Priority
-from smm_pipeline.warehouse.db import WarehouseError, connect
+from smm_pipeline.warehouse.db import Location, WarehouseError, connect, warehouse_location
+from smm_pipeline.warehouse.postgres import PostgresTarget
 from smm_pipeline.warehouse.snapshot import publish_snapshot, replica_age
 
 REPLICA_KEY = dg.AssetKey("warehouse_replica")
@@ -71,17 +72,25 @@ class PanelsResource(dg.ConfigurableResource):
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse. `path` defaults to SMM_DUCKDB_PATH or data/warehouse.duckdb."""
+    """The warehouse: Postgres when SMM_WAREHOUSE_URL is set (read from the environment only,
+    so its password never enters run or resource config), else the DuckDB file at `path`,
+    which defaults to SMM_DUCKDB_PATH or data/warehouse.duckdb."""
 
     path: str | None = None
 
     @property
-    def db_path(self) -> Path:
-        return Path(self.path) if self.path else duckdb_path_from_env()
+    def location(self) -> Location:
+        if self.path:
+            return Path(self.path)
+        return warehouse_location()
+
+    @property
+    def on_postgres(self) -> bool:
+        return isinstance(self.location, PostgresTarget)
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with connect(self.db_path) as conn:
+        with connect(self.location) as conn:
             yield conn
 
     def publish_if_due(
@@ -92,7 +101,9 @@ class WarehouseResource(dg.ConfigurableResource):
         replica_sensor, publishes it within that bound). Called by `replica_hooks` when a
         writing step ends, so after the step's signals to the sensors (its materializations):
         a failed publish cannot lose them."""
-        age = replica_age(self.db_path)
+        if self.on_postgres:  # analysts read Postgres itself: nothing to publish
+            return
+        age = replica_age(self.location)
         if age is not None and age < max_lag:
             log.debug(f"replica published {age:.0f} s ago: left for later (max lag {max_lag} s)")
             return
@@ -109,9 +120,12 @@ class WarehouseResource(dg.ConfigurableResource):
         event after a step). A failure (the live file held too long, a full disk) is a warning,
         never the run's failure: the run's writes are committed, and the replica is published
         again by the next run or replica_sensor."""
+        if self.on_postgres:
+            log.info("the warehouse is on Postgres: analysts read it live, no replica to publish")
+            return True
         started = time.perf_counter()
         try:
-            replica = publish_snapshot(self.db_path)
+            replica = publish_snapshot(self.location)
         except (WarehouseError, duckdb.Error, OSError) as exc:
             log.warning(f"the read-only replica was not refreshed this time: {exc}")
             return False

@@ -40,7 +40,7 @@ from smm_pipeline.operations.polling import observations_frame
 from smm_pipeline.panel.client import MAX_IDS_PER_CALL, BatchStop, PanelClient, chunked
 from smm_pipeline.panel.errors import PanelError
 from smm_pipeline.panel.models import RefillResult
-from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.db import Location, connect
 from smm_pipeline.warehouse.processed_files import FileClaim, claim_file, record_file
 from smm_pipeline.warehouse.refills import (
     RequestTable,
@@ -89,7 +89,7 @@ class ActionSpec:
     def process(
         self,
         settings: Settings,
-        db_path: Path,
+        location: Location,
         file_name: str,
         file_hash: str,
         clients: Mapping[str, PanelClient],
@@ -116,7 +116,7 @@ class ActionSpec:
         summary = ActionFileSummary(self.kind, file_name, digest, Path(), [], warnings=warnings)
         # Short connections only: the warehouse is never held while a panel is asked (other runs
         # write between this file's windows).
-        with connect(db_path) as conn:
+        with connect(location) as conn:
             claim = claim_file(conn, digest, self.folder, file_name, datetime.now(UTC))
             if not read.ok:
                 raise _reject(self, conn, folders, source, claim, read.errors)
@@ -134,14 +134,14 @@ class ActionSpec:
             summary.resumed = claim.previous_outcome == "requesting"
             if summary.resumed:
                 progress(f"{file_name}: an earlier run on this content stopped midway: resuming")
-            summary.outcomes = _check_and_send(self, db_path, read, claim, clients, cadence,
+            summary.outcomes = _check_and_send(self, location, read, claim, clients, cadence,
                                                summary, progress)  # fmt: skip
 
         target_name = move_handled(source, folders.processed).name
         summary.results_file = _write_results(
             results_report_path(folders.processed, target_name), self, summary.outcomes
         )
-        with connect(db_path) as conn:
+        with connect(location) as conn:
             _record(conn, self, claim, "processed", len(summary.outcomes))
         summary.calls = sum(c.total_calls for c in clients.values()) - calls_before
         summary.seconds = time.perf_counter() - started
@@ -306,7 +306,7 @@ def _targets_frame(read: ActionFileResult) -> pd.DataFrame:
 
 
 def _refresh_statuses(
-    db_path: Path,
+    location: Location,
     targets: pd.DataFrame,
     clients: Mapping[str, PanelClient],
     cadence: Cadence,
@@ -334,7 +334,7 @@ def _refresh_statuses(
     if not frames:
         return
     observed = pd.concat(frames, ignore_index=True)
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         summary.orders_changed, _ = apply_observations(conn, observed, datetime.now(UTC), cadence)
     summary.status_refreshed = len(observed)
     progress(f"refreshed {len(observed)} order statuses, {summary.orders_changed} changed")
@@ -342,7 +342,7 @@ def _refresh_statuses(
 
 def _check_and_send(
     spec: ActionSpec,
-    db_path: Path,
+    location: Location,
     read: ActionFileResult,
     claim: FileClaim,
     clients: Mapping[str, PanelClient],
@@ -351,10 +351,10 @@ def _check_and_send(
     progress: Callable[[str], None],
 ) -> list[RowOutcome]:
     wanted = _targets_frame(read)
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         before_refresh = order_targets(conn, wanted)
-    _refresh_statuses(db_path, before_refresh, clients, cadence, summary, progress)
-    with connect(db_path) as conn:
+    _refresh_statuses(location, before_refresh, clients, cadence, summary, progress)
+    with connect(location) as conn:
         targets = order_targets(conn, wanted)
         earlier = _earlier_by_order(file_requests(conn, spec.table, claim))
 
@@ -386,14 +386,14 @@ def _check_and_send(
         f"{sum(o.state == SKIPPED for o in outcomes.values())} already requested"
     )
     for panel, rows in to_send.items():
-        for outcome in _send_panel(spec, db_path, clients[panel], rows, claim, progress):
+        for outcome in _send_panel(spec, location, clients[panel], rows, claim, progress):
             outcomes[outcome.row] = outcome
     return [outcomes[r] for r in sorted(outcomes)]
 
 
 def _send_panel(
     spec: ActionSpec,
-    db_path: Path,
+    location: Location,
     client: PanelClient,
     rows: list[Any],
     claim: FileClaim,
@@ -410,7 +410,7 @@ def _send_panel(
     stop = BatchStop()  # an answer that is not the API stops the whole file's panel batch
     for ids in chunked(list(by_order), window):
         requested_at = datetime.now(UTC)
-        with connect(db_path) as conn:
+        with connect(location) as conn:
             mine = set(record_in_flight(conn, spec.table, panel, ids, claim, requested_at))
         claimed = [i for i in ids if i in mine]  # in the file's order
         for order_id in [i for i in ids if i not in mine]:
@@ -423,7 +423,7 @@ def _send_panel(
         if not claimed:
             continue
         results = spec.send(client, claimed, stop)
-        with connect(db_path) as conn:
+        with connect(location) as conn:
             results = spec.record(conn, panel, claim.file_name, requested_at, results)
         for result in results:
             row, _, order_id, ref, service_id = _target_fields(by_order[int(result.order_id)])

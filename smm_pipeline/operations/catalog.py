@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.models import Balance
 from smm_pipeline.warehouse.balances import record_balance
 from smm_pipeline.warehouse.catalog import CatalogSyncResult, sync_catalog
-from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.db import Location, connect
 
 
 @dataclass(frozen=True)
@@ -23,12 +22,12 @@ class CatalogRefresh:
     calls: int
 
 
-def refresh_catalog(client: PanelClient, db_path: Path) -> CatalogRefresh:
+def refresh_catalog(client: PanelClient, location: Location) -> CatalogRefresh:
     """Fetch `services` and sync it into the warehouse (diff, history of changes)."""
     started = time.perf_counter()
     services = client.services()
     fetched = time.perf_counter()
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         result = sync_catalog(conn, client.panel.name, services, datetime.now(UTC))
     return CatalogRefresh(
         panel=client.panel.name,
@@ -39,9 +38,9 @@ def refresh_catalog(client: PanelClient, db_path: Path) -> CatalogRefresh:
     )
 
 
-def refresh_balance(client: PanelClient, db_path: Path) -> Balance:
+def refresh_balance(client: PanelClient, location: Location) -> Balance:
     """Fetch the balance and append it to the balances history."""
     balance = client.balance()
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         record_balance(conn, client.panel.name, balance, datetime.now(UTC))
     return balance

@@ -59,7 +59,7 @@ from smm_pipeline.panel.errors import PanelError
 from smm_pipeline.panel.models import Balance
 from smm_pipeline.warehouse.balances import previous_currency, record_balance
 from smm_pipeline.warehouse.catalog import catalog_age, load_catalog
-from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.db import Location, connect
 from smm_pipeline.warehouse.orders import (
     RESUBMITTABLE_STATES,
     ExistingRef,
@@ -241,13 +241,16 @@ def _currency(balances: Mapping[str, tuple[Decimal, str]]) -> str | None:
 
 
 def _balances(
-    db_path: Path, clients: Mapping[str, PanelClient], panels: list[str], log: Callable[[str], None]
+    location: Location,
+    clients: Mapping[str, PanelClient],
+    panels: list[str],
+    log: Callable[[str], None],
 ) -> dict[str, tuple[Decimal, str]]:
     """The fresh balances of `panels` (recorded), for the actual spend of the report."""
     balances: dict[str, tuple[Decimal, str]] = {}
     for panel in panels:
         try:
-            balance = refresh_balance(clients[panel], db_path)
+            balance = refresh_balance(clients[panel], location)
         except PanelError as exc:
             log(f"{panel}: balance not available ({exc.message}); actual spend will be n/a")
             continue
@@ -257,7 +260,7 @@ def _balances(
 
 def _unrecorded_rows(
     settings: Settings,
-    db_path: Path,
+    location: Location,
     content: bytes,
     file_name: str,
     recorded: list[FileRow],
@@ -265,14 +268,14 @@ def _unrecorded_rows(
 ) -> list[SkippedRow]:
     """The rows of a resumed file that were not recorded: they were skipped at its validation
     because an earlier file had handled their ref. Found again by re-reading the file."""
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         catalog = {k: CatalogEntry(r.as_service(), r.active) for k, r in load_catalog(conn).items()}
     result = validate_order_file(content, file_name, catalog, settings, {})
     if any(e.column != "batch" for e in result.errors):
         log(f"{file_name}: some rows no longer validate; results.csv lists the recorded rows only")
     mine = {(r.panel, r.ref) for r in recorded}
     others = [r for r in result.rows if (r.panel, r.ref) not in mine]
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         existing = existing_refs(conn, [(r.panel, r.ref) for r in others])
     return [
         SkippedRow(r.row_number, r.ref, r.panel, r.service_id, before.order_id, r.estimated_cost,
@@ -284,7 +287,7 @@ def _unrecorded_rows(
 
 def _resume(
     settings: Settings,
-    db_path: Path,
+    location: Location,
     file_name: str,
     file_hash: str,
     content: bytes | None,
@@ -311,9 +314,9 @@ def _resume(
         if r.source_file != file_name
     ]  # fmt: skip
     if content is not None:
-        skipped += _unrecorded_rows(settings, db_path, content, file_name, recorded, log)
+        skipped += _unrecorded_rows(settings, location, content, file_name, recorded, log)
     spend = sum((r.estimated_cost for r in pending), Decimal(0))
-    balances = _balances(db_path, clients, panels, log)
+    balances = _balances(location, clients, panels, log)
     log(f"{file_name}: {len(recorded)} rows already recorded by an earlier run: resuming, "
         f"{len(pending)} still to send, estimated spend "
         f"{money_text(spend, _currency(balances))}")  # fmt: skip
@@ -325,7 +328,7 @@ def _resume(
 
 def prepare_order_file(
     settings: Settings,
-    db_path: Path,
+    location: Location,
     file_name: str,
     file_hash: str,
     clients: Mapping[str, PanelClient],
@@ -337,7 +340,7 @@ def prepare_order_file(
     source = Folders(settings.data_dir).inbox("orders") / bare_file_name(file_name)
     content = source.read_bytes() if source.is_file() else None
     changed = content is not None and content_hash(content) != file_hash
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         recorded = file_rows(conn, file_hash)
         state = file_state(conn, file_hash, "orders")
     # Filed already, yet rows of it are pending (an interrupted resubmit, or a run re-executed
@@ -351,7 +354,7 @@ def prepare_order_file(
         if changed:
             log(f"{file_name} was rewritten since this run began; the recorded rows are resumed "
                 "and the new content is left for its own run")  # fmt: skip
-        return _resume(settings, db_path, file_name, file_hash, None if changed else content,
+        return _resume(settings, location, file_name, file_hash, None if changed else content,
                        file_name if unsent else state[0], recorded, clients, log)  # fmt: skip
     if changed:
         raise FileChanged(
@@ -369,7 +372,7 @@ def prepare_order_file(
     # each DuckDB connection costs tens of milliseconds, and none is held during the checks
     # or across a request to a panel.
     enabled = settings.panel_names
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         ages = {panel: catalog_age(conn, panel) for panel in enabled}
         catalog = _catalog(conn, enabled)
     result = validate_order_file(content, file_name, catalog, settings, {}, content_hash=file_hash)
@@ -386,7 +389,7 @@ def prepare_order_file(
         try:
             age = ages[panel]
             if age is None or age > max_age:
-                refreshes.append(refresh_catalog(client, db_path))
+                refreshes.append(refresh_catalog(client, location))
                 log(f"{panel}: catalog refreshed ({refreshes[-1].result.services} services)")
             fetched.append((panel, client.balance()))
         except PanelError as exc:
@@ -398,7 +401,7 @@ def prepare_order_file(
     balances = {panel: (b.balance, b.currency) for panel, b in fetched}
     recorded_balances = False
     if problems or refreshes:
-        with connect(db_path) as conn:
+        with connect(location) as conn:
             _record_balances(conn, fetched)
             recorded_balances = True
             if problems:
@@ -411,7 +414,7 @@ def prepare_order_file(
 
     rows = result.rows
     errors = [e for e in result.errors if e.column != "batch"]
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         if not recorded_balances:
             _record_balances(conn, fetched)
         if errors:
@@ -559,7 +562,7 @@ def _report_target(
 
 def finish_order_file(
     settings: Settings,
-    db_path: Path,
+    location: Location,
     prepared: PreparedOrderFile,
     clients: Mapping[str, PanelClient],
 ) -> FinishSummary:
@@ -568,7 +571,7 @@ def finish_order_file(
     An existing report is never rewritten: re-executing a finished run reports nothing new."""
     folders = Folders(settings.data_dir)
     bare_file_name(prepared.file_name)
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         recorded = file_rows(conn, prepared.file_hash)
         state = file_state(conn, prepared.file_hash, "orders")
     results = _result_rows(prepared, recorded, state)
@@ -584,12 +587,12 @@ def finish_order_file(
         if client is None:
             continue
         try:
-            after = refresh_balance(client, db_path)
+            after = refresh_balance(client, location)
         except PanelError:
             continue
         actual[panel] = (before - after.balance, currency)
     if prepared.redrop_of is None and write:
-        with connect(db_path) as conn:  # the name in processed/, which its report is named by
+        with connect(location) as conn:  # the name in processed/, which its report is named by
             record_file(
                 conn, file_hash=prepared.file_hash, kind="orders", file_name=target_name,
                 outcome="processed", rows=len(results), seen_at=datetime.now(UTC),

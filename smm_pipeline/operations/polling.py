@@ -30,7 +30,6 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -40,7 +39,7 @@ from smm_pipeline.operations.submission import Lane, ProgressLog
 from smm_pipeline.panel.client import PanelClient, chunked
 from smm_pipeline.panel.errors import BudgetExhausted, PanelError
 from smm_pipeline.panel.models import OrderStatus
-from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.db import Location, connect
 from smm_pipeline.warehouse.status import (
     OBSERVATION_COLUMNS,
     Cadence,
@@ -267,7 +266,7 @@ def ids_by_panel(due: pd.DataFrame, column: str) -> dict[str, list[int]]:
 
 
 def warehouse_writer(
-    db_path: Path,
+    location: Location,
     to_frame: Callable[[list[tuple]], pd.DataFrame],
     apply: Callable[[Any, pd.DataFrame, datetime], tuple[int, int]],
 ) -> Callable[[list[tuple]], tuple[int, int]]:
@@ -276,7 +275,7 @@ def warehouse_writer(
 
     def write(rows: list[tuple]) -> tuple[int, int]:
         frame = to_frame(rows)
-        with connect(db_path) as conn:
+        with connect(location) as conn:
             return apply(conn, frame, datetime.now(UTC))
 
     return write
@@ -338,7 +337,7 @@ def observations_frame(panel: str, statuses: Mapping[int, OrderStatus]) -> pd.Da
 
 
 def poll_orders(
-    db_path: Path,
+    location: Location,
     clients: Mapping[str, PanelClient],
     cadence: Cadence,
     *,
@@ -352,7 +351,7 @@ def poll_orders(
     report = PollReport()
     now = datetime.now(UTC)
     enabled = set(clients if enabled is None else enabled)
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         due = due_orders(conn, now, poll_all=poll_all)
         report.open_before, _ = open_summary(conn, clients)
         open_counts = open_by_panel(conn)
@@ -370,13 +369,13 @@ def poll_orders(
     by_panel = ids_by_panel(due, "order_id")  # most-overdue first, as due_orders gives them
     del due
     write = warehouse_writer(
-        db_path, rows_frame, lambda conn, frame, now: apply_observations(conn, frame, now, cadence)
+        location, rows_frame, lambda conn, frame, now: apply_observations(conn, frame, now, cadence)
     )
     fan = fan_out(
         clients, by_panel, PanelClient.status_chunk, observation_rows, write,
         status_at=OBSERVATION_COLUMNS.index("status"), what="status", progress=progress,
     )  # fmt: skip
     report.take(fan)
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         report.open_after, report.next_due_at = open_summary(conn, clients)
     return report

@@ -12,12 +12,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from smm_pipeline.operations.polling import PollReport, fan_out, ids_by_panel, warehouse_writer
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.models import RefillStatus
-from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.db import Location, connect
 from smm_pipeline.warehouse.refills import (
     apply_refill_statuses,
     due_refills,
@@ -38,7 +37,7 @@ class RefillPollReport(PollReport):
 
 
 def poll_refills(
-    db_path: Path,
+    location: Location,
     clients: Mapping[str, PanelClient],
     cadence: Cadence,
     *,
@@ -51,7 +50,7 @@ def poll_refills(
     started = time.perf_counter()
     report = RefillPollReport()
     now = datetime.now(UTC)
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         due = due_refills(conn, now, cadence, poll_all=poll_all)
         report.open_before = sum(open_refills_by_panel(conn).values())
     report.due = len(due)
@@ -65,13 +64,13 @@ def poll_refills(
         return [(panel, int(s.refill_id), s.status, s.raw_status, s.error)
                 for s in statuses.values()]  # fmt: skip
 
-    write = warehouse_writer(db_path, refill_status_frame_from_rows, apply_refill_statuses)
+    write = warehouse_writer(location, refill_status_frame_from_rows, apply_refill_statuses)
     fan = fan_out(
         clients, by_panel, PanelClient.refill_status_chunk, rows_of, write,
         status_at=2, what="refill status", progress=progress,
     )  # fmt: skip
     report.take(fan)
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         report.open_after, report.next_due_at = open_refills_summary(conn, cadence)
     report.seconds = time.perf_counter() - started
     return report

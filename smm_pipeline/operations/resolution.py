@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import duckdb
 
@@ -29,7 +28,7 @@ from smm_pipeline.operations.submission import (
 )
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.errors import PanelError
-from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.db import Location, connect
 from smm_pipeline.warehouse.orders import (
     RESENDABLE_STATES,
     attached_elsewhere,
@@ -163,7 +162,7 @@ def _budget_errors(
 
 
 def _send(
-    db_path: Path,
+    location: Location,
     keys: list[tuple[str, str]],
     clients: Mapping[str, PanelClient],
     report: ResolveReport,
@@ -172,9 +171,9 @@ def _send(
     """Send exactly these pending rows, once each, the way a file's rows are sent (claimed
     under this process's answer journal, so a crash leaves nothing only SQL could settle;
     progress logged by the submission's `ProgressLog`, then a summary line)."""
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         rows = rows_by_panel(pending_keys(conn, keys).to_dict("records"))
-    sent: SubmitReport = submit_rows(db_path, rows, clients, progress=progress)
+    sent: SubmitReport = submit_rows(location, rows, clients, progress=progress)
     report.submitted += sent.submitted
     report.ambiguous += sent.ambiguous
     report.failed += sent.failed
@@ -187,7 +186,7 @@ def _send(
 
 def resolve_ambiguous(
     settings: Settings,
-    db_path: Path,
+    location: Location,
     resolutions: Sequence[Resolution],
     clients: Mapping[str, PanelClient],
     *,
@@ -198,15 +197,15 @@ def resolve_ambiguous(
     not fit are reported and left unchanged. Raises ResolutionRefused (nothing changed) when a
     row is listed twice."""
     _refuse_duplicates(resolutions)
-    settle_interrupted(db_path, progress)  # a killed resubmit's `sending` rows first
+    settle_interrupted(location, progress)  # a killed resubmit's `sending` rows first
     report = ResolveReport()
     resubmit = [(r.panel, r.ref) for r in resolutions if r.action == "resubmit"]
     # The panels are asked (order ids, balances) with no warehouse connection open; the rows
     # are then resolved in one short write, which re-checks each row's state itself.
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         costs = _resubmit_costs(conn, resubmit)
     asked = _unknown_orders(resolutions, clients) | _budget_errors(costs, settings, clients)
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         refused = asked | _attach_errors(conn, resolutions)
         report.errors = resolve_rows(
             conn,
@@ -218,5 +217,5 @@ def resolve_ambiguous(
     report.applied = len(resolutions) - len(report.errors)
     to_send = [key for key in resubmit if key not in report.errors]
     if to_send:
-        _send(db_path, to_send, clients, report, progress)
+        _send(location, to_send, clients, report, progress)
     return report

@@ -45,7 +45,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 from smm_pipeline.money import money_text
 from smm_pipeline.panel.client import PanelClient
@@ -55,7 +54,7 @@ from smm_pipeline.panel.errors import (
     PanelError,
 )
 from smm_pipeline.panel.ratelimit import Priority, poll_limit
-from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.db import Location, connect
 from smm_pipeline.warehouse.journal import AnswerJournal, journal_dir
 from smm_pipeline.warehouse.orders import (
     Settled,
@@ -430,7 +429,7 @@ class _Dispatcher:
 
     def __init__(
         self,
-        db_path: Path,
+        location: Location,
         journal: AnswerJournal,
         batches: list[_PanelBatch],
         answers: queue.Queue[_Answer],
@@ -438,7 +437,7 @@ class _Dispatcher:
         progress: Callable[[str], None],
         started: float,
     ) -> None:
-        self.db_path = db_path
+        self.location = location
         self.journal = journal
         self.batches = batches
         self.answers = answers
@@ -457,7 +456,7 @@ class _Dispatcher:
         wanting = [b for b in self.batches if b.wants_rows]
         if not wanting:
             return
-        with connect(self.db_path) as conn:
+        with connect(self.location) as conn:
             for batch in wanting:
                 rows = batch.next_claim()
                 flagged = mark_sending(
@@ -507,7 +506,7 @@ class _Dispatcher:
         if not self.unrecorded or not due:
             return
         costs = {(o.panel, o.ref): cost for o, cost in self.unrecorded}
-        with connect(self.db_path) as conn:
+        with connect(self.location) as conn:
             written = record_outcomes(
                 conn, [o for o, _ in self.unrecorded], claim_id=self.journal.claim_id
             )
@@ -539,10 +538,10 @@ class _Dispatcher:
         self.log.line(head, calls, last=last)
 
 
-def settle_interrupted(db_path: Path, progress: Callable[[str], None]) -> Settled:
+def settle_interrupted(location: Location, progress: Callable[[str], None]) -> Settled:
     """Settle what dead submitting processes left `sending` (see journal.py)."""
-    with connect(db_path) as conn:
-        settled = settle_dead_claims(conn, journal_dir(db_path))
+    with connect(location) as conn:
+        settled = settle_dead_claims(conn, journal_dir(location))
     if settled.rows:
         progress(
             f"an earlier run stopped mid-send: {settled.answered} answers it had received "
@@ -559,7 +558,7 @@ def _require_clients(rows: Mapping[str, object], clients: Mapping[str, PanelClie
 
 
 def submit_rows(
-    db_path: Path,
+    location: Location,
     rows: Mapping[str, list[PendingRow]],
     clients: Mapping[str, PanelClient],
     *,
@@ -573,13 +572,13 @@ def submit_rows(
     _require_clients(rows, clients)
     report.total = sum(len(r) for r in rows.values())
     calls_before = sum(c.total_calls for c in clients.values())
-    journal = AnswerJournal(journal_dir(db_path))
+    journal = AnswerJournal(journal_dir(location))
     answers: queue.Queue[_Answer] = queue.Queue()
     abort = threading.Event()
     batches = [
         _PanelBatch(p, clients[p], r, journal, answers, abort) for p, r in sorted(rows.items())
     ]
-    dispatcher = _Dispatcher(db_path, journal, batches, answers, report, progress, started)
+    dispatcher = _Dispatcher(location, journal, batches, answers, report, progress, started)
     clean = False
     try:
         for batch in batches:
@@ -601,7 +600,7 @@ def submit_rows(
             # locked until the process is gone.)
             dispatcher.record_answers_in_hand()
             journal.release()
-            settle_interrupted(db_path, progress)
+            settle_interrupted(location, progress)
     report.calls = sum(c.total_calls for c in clients.values()) - calls_before
     report.seconds = time.perf_counter() - started
     return report
@@ -619,19 +618,19 @@ def rows_by_panel(records: list[dict]) -> dict[str, list[PendingRow]]:
 
 
 def submit_file(
-    db_path: Path,
+    location: Location,
     file_hash: str,
     clients: Mapping[str, PanelClient],
     *,
     progress: Callable[[str], None] = log.info,
 ) -> SubmitReport:
     """Settle what dead runs left in flight, then send every pending row of a file."""
-    with connect(db_path) as conn:
+    with connect(location) as conn:
         records = pending_rows(conn, file_hash).to_dict("records")
     rows = rows_by_panel(records)
     _require_clients(rows, clients)
-    report = SubmitReport(settled=settle_interrupted(db_path, progress))
+    report = SubmitReport(settled=settle_interrupted(location, progress))
     if report.settled.released:  # rows a dead run claimed but never sent: this file's too
-        with connect(db_path) as conn:
+        with connect(location) as conn:
             rows = rows_by_panel(pending_rows(conn, file_hash).to_dict("records"))
-    return submit_rows(db_path, rows, clients, progress=progress, report=report)
+    return submit_rows(location, rows, clients, progress=progress, report=report)

@@ -16,6 +16,11 @@ processes prompt and fair:
 
 Both waits give up after `lock_timeout` seconds with WarehouseLockedError naming the file.
 Every connection speaks UTC so TIMESTAMPTZ values never depend on the host's time zone.
+
+With `SMM_WAREHOUSE_URL=postgresql://...` the warehouse is a Postgres database instead
+(`warehouse/postgres.py`): `connect` hands out the same kind of short connection, with no gate
+(Postgres takes many writers at once and locks rows, not the file) and the same migrations.
+A *location* is either: a `Path` (the DuckDB file) or a `PostgresTarget`.
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ import duckdb
 
 from smm_pipeline.config import PROJECT_ROOT
 from smm_pipeline.errors import WarehouseError, WarehouseLockedError
+from smm_pipeline.warehouse.dialect import ensure_functions
 from smm_pipeline.warehouse.migrations import apply_migrations
+from smm_pipeline.warehouse.postgres import PostgresTarget, is_postgres, pg_connect
+
+Location = Path | PostgresTarget
+# Migrations on Postgres run under this advisory lock, so two processes starting at once do
+# not both apply an entry.
+_PG_MIGRATION_LOCK = 7_240_001
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +70,28 @@ def default_db_path(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     data_dir = Path(env.get("SMM_DATA_DIR") or PROJECT_ROOT / "data")
     return Path(env.get("SMM_DUCKDB_PATH") or data_dir / "warehouse.duckdb")
+
+
+def warehouse_location(environ: Mapping[str, str] | None = None) -> Location:
+    """The warehouse: Postgres when `SMM_WAREHOUSE_URL` is set, else the DuckDB file."""
+    env = os.environ if environ is None else environ
+    url = (env.get("SMM_WAREHOUSE_URL") or "").strip()
+    return PostgresTarget(url) if url else default_db_path(env)
+
+
+def as_location(location: Location | str) -> Location:
+    """A location from a Path, a PostgresTarget, or a string (a postgresql:// URL or a path)."""
+    if isinstance(location, PostgresTarget):
+        return location
+    text = str(location)
+    if text.startswith(("postgresql://", "postgres://")):
+        return PostgresTarget(text)
+    return Path(location)
+
+
+def location_key(location: Location) -> str:
+    """A name for a location fit for logs and caches (no password)."""
+    return location.safe if isinstance(location, PostgresTarget) else str(Path(location).resolve())
 
 
 class _Gate:
@@ -164,7 +198,15 @@ def _ensure_migrated(conn: duckdb.DuckDBPyConnection, key: str) -> None:
     with _migrate_lock:
         if key in _migrated:
             return
-        applied = apply_migrations(conn)
+        if is_postgres(conn):
+            conn.execute("SELECT pg_advisory_lock(?)", [_PG_MIGRATION_LOCK])
+            try:
+                ensure_functions(conn)
+                applied = apply_migrations(conn)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(?)", [_PG_MIGRATION_LOCK])
+        else:
+            applied = apply_migrations(conn)
         if applied:
             log.info("warehouse %s: applied migrations %s", key, ", ".join(applied))
         _migrated.add(key)
@@ -172,18 +214,29 @@ def _ensure_migrated(conn: duckdb.DuckDBPyConnection, key: str) -> None:
 
 @contextmanager
 def connect(
-    path: Path | str,
+    path: Location | str,
     *,
     read_only: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A short-lived connection to the warehouse file, closed on exit.
+    """A short-lived connection to the warehouse, closed on exit.
 
     A write connection creates the folder and the file and, the first time this process opens
     the file, applies pending migrations, so callers never see an old schema. A read-only
-    connection needs the file to exist and never migrates.
+    connection needs the file to exist and never migrates. On Postgres (a PostgresTarget or
+    a postgresql:// string) the same, without gate or file: a read-only connection refuses
+    writes, and a write connection migrates the database once per process.
     """
-    path = Path(path)
+    location = as_location(path)
+    if isinstance(location, PostgresTarget):
+        with pg_connect(location) as pg:
+            if read_only:
+                pg.execute("SET default_transaction_read_only = on")
+            else:
+                _ensure_migrated(pg, location.safe)
+            yield pg
+        return
+    path = location
     key = str(path.resolve())
     if read_only:
         if not path.exists():

@@ -110,11 +110,13 @@ def _subscription_orders(conn: duckdb.DuckDBPyConnection) -> None:
                any_value(coalesce(last_change_at, updated_at, submitted_at, now()))
         FROM (
             SELECT panel, ref, order_id, last_change_at, updated_at, submitted_at,
-                   TRY_CAST(trim(unnest(string_split(subscription_orders, ','))) AS BIGINT)
-                       AS child_id
-            FROM orders
-            WHERE submit_state = 'submitted' AND order_id IS NOT NULL
-              AND coalesce(subscription_orders, '') <> ''
+                   CASE WHEN part ~ '^-?[0-9]{1,18}$' THEN CAST(part AS BIGINT) END AS child_id
+            FROM (
+                SELECT *, trim(unnest(string_split(subscription_orders, ','))) AS part
+                FROM orders
+                WHERE submit_state = 'submitted' AND order_id IS NOT NULL
+                  AND coalesce(subscription_orders, '') <> ''
+            ) parts
         ) c
         WHERE child_id IS NOT NULL
           AND NOT EXISTS (SELECT 1 FROM orders x

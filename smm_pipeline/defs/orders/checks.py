@@ -79,7 +79,7 @@ def order_checks(
                 _result(
                     "ambiguous_submissions",
                     ambiguous_submissions(
-                        conn, live_claims=live_claim_ids(journal_dir(warehouse.db_path))
+                        conn, live_claims=live_claim_ids(journal_dir(warehouse.location))
                     ),
                     "no request with an unknown outcome",
                     "{n} request(s) with an unknown outcome: ambiguous orders: check each on the "

@@ -25,7 +25,7 @@ def poll_due_orders(
     poll_all, only = poll_scope(context, settings)
     with panels.clients(settings, only, priority=Priority.POLL) as clients:
         report = poll_orders(
-            warehouse.db_path,
+            warehouse.location,
             clients,
             cadence_of(settings),
             poll_all=poll_all,

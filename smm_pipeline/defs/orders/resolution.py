@@ -42,7 +42,7 @@ def resolve_ambiguous_rows(
     with panels.clients(settings, only=needed) as clients:
         try:
             report = resolve_ambiguous(
-                settings, warehouse.db_path, wanted, clients, progress=context.log.info
+                settings, warehouse.location, wanted, clients, progress=context.log.info
             )
         except ResolutionRefused as refused:
             raise dg.Failure(str(refused)) from None

@@ -38,7 +38,7 @@ def validate_order_file(
     try:
         with panels.clients(settings) as clients:
             prepared = prepare_order_file(
-                settings, warehouse.db_path, config.file_name, config.file_hash, clients,
+                settings, warehouse.location, config.file_name, config.file_hash, clients,
                 log=context.log.info,
             )  # fmt: skip
     except FileRejected as rejected:
@@ -83,7 +83,7 @@ def submit_order_rows(
     try:
         with panels.clients(settings, only=prepared.panels) as clients:
             report = submit_file(
-                warehouse.db_path, prepared.file_hash, clients, progress=context.log.info
+                warehouse.location, prepared.file_hash, clients, progress=context.log.info
             )
     except Exception:
         # Rows may be left sending or ambiguous: say so to `orders`, so that its checks run
@@ -123,7 +123,7 @@ def report_order_file(
 ) -> None:
     settings = panels.settings()
     with panels.clients(settings, only=prepared.panels) as clients:
-        summary = finish_order_file(settings, warehouse.db_path, prepared, clients)
+        summary = finish_order_file(settings, warehouse.location, prepared, clients)
     context.log.info(summary.line)
     context.log_event(
         orders_materialization(

@@ -42,7 +42,7 @@ def defs() -> dg.Definitions:
     ) -> dg.MaterializeResult:
         panel = context.partition_key
         with panels.client(panel) as client:
-            balance = refresh_balance(client, warehouse.db_path)
+            balance = refresh_balance(client, warehouse.location)
         context.log.info(f"{panel}: balance {money_text(balance.balance, balance.currency)}")
         return dg.MaterializeResult(
             metadata={

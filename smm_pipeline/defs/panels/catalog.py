@@ -34,7 +34,7 @@ def defs() -> dg.Definitions:
     ) -> dg.MaterializeResult:
         panel = context.partition_key
         with panels.client(panel) as client:
-            refresh = refresh_catalog(client, warehouse.db_path)
+            refresh = refresh_catalog(client, warehouse.location)
         r = refresh.result
         context.log.info(
             f"{panel}: {r.services} services, {r.new} new, {r.changed} changed, "

@@ -22,7 +22,7 @@ def cancel_order_file(
     try:
         with panels.clients(settings) as clients:
             summary = process_cancel_file(
-                settings, warehouse.db_path, config.file_name, config.file_hash, clients,
+                settings, warehouse.location, config.file_name, config.file_hash, clients,
                 cadence_of(settings), progress=context.log.info,
             )  # fmt: skip
     except FileRejected as rejected:

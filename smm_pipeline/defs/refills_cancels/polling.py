@@ -26,7 +26,7 @@ def poll_due_refills(
     poll_all, only = poll_scope(context, settings)
     with panels.clients(settings, only, priority=Priority.POLL) as clients:
         report = poll_refills(
-            warehouse.db_path, clients, cadence, poll_all=poll_all, progress=context.log.info
+            warehouse.location, clients, cadence, poll_all=poll_all, progress=context.log.info
         )
     context.log.info(
         f"{', '.join(only)}: polled {report.polled} of {report.open_before} open refills in "

@@ -26,7 +26,7 @@ def request_refill_file(
     try:
         with panels.clients(settings) as clients:
             summary = process_refill_file(
-                settings, warehouse.db_path, config.file_name, config.file_hash, clients,
+                settings, warehouse.location, config.file_name, config.file_hash, clients,
                 cadence, progress=context.log.info,
             )  # fmt: skip
     except FileRejected as rejected:

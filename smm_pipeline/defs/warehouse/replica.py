@@ -51,10 +51,14 @@ def publish_replica():
 def replica_sensor(
     context: dg.SensorEvaluationContext, panels: PanelsResource, warehouse: WarehouseResource
 ):
+    if warehouse.on_postgres:
+        return dg.SkipReason(
+            "the warehouse is on Postgres: analysts read it live, there is no replica"
+        )
     max_lag = panels.settings().pipeline.replica_max_lag_seconds
-    if not replica_is_stale(warehouse.db_path, max_lag):
+    if not replica_is_stale(warehouse.location, max_lag):
         return dg.SkipReason(f"the replica is current, or younger than {max_lag} s")
-    changed = warehouse_mtime(warehouse.db_path) or 0.0
+    changed = warehouse_mtime(warehouse.location) or 0.0
     # A publish that failed is tried again in the next slot: a run key is never run twice.
     slot = int(time.time() // max(30.0, max_lag))
     return dg.RunRequest(run_key=f"replica:{changed:.3f}:{slot}")
