@@ -54,7 +54,8 @@ RUN pip install --no-deps --editable . \
 # The default panels.yaml; mount your own over it (a ConfigMap, a bind mount).
 COPY deploy/panels.yaml /etc/smm/panels.yaml
 
-# SMM_DATA_DIR (inbox, processed, rejected, the DuckDB warehouse, the panel budgets) and
+# SMM_DATA_DIR (inbox, processed, rejected; without SMM_WAREHOUSE_URL the DuckDB warehouse and
+# the panel budgets too) and
 # $DAGSTER_HOME/storage (step outputs, step logs) must be volumes shared by the code server and
 # every run (README). No VOLUME line: Docker would give each run container an anonymous volume
 # of its own, silently splitting the data. The directories exist, owned by the user, so that a

@@ -343,6 +343,11 @@ def parse_settings(
     env = os.environ if environ is None else environ
     if not isinstance(document, dict) or "panels" not in document:
         raise ConfigError(f"{source or 'panels.yaml'}: must contain a 'panels:' list")
+    if (env.get("SMM_WAREHOUSE_URL") or "").strip():
+        # A bad URL fails at load like any setting (the URL itself is never echoed whole).
+        from smm_pipeline.warehouse.postgres import PostgresTarget
+
+        PostgresTarget(env["SMM_WAREHOUSE_URL"].strip())
     unknown = sorted(set(document) - {"panels", "pipeline"}, key=str)
     if unknown:
         raise ConfigError(f"{source or 'panels.yaml'}: unknown top-level field {unknown[0]}")

@@ -1,0 +1,123 @@
+"""The Postgres connection speaks to the warehouse modules as DuckDB's does: placeholders,
+DataFrames in (register) and out (df) with the same types, exact money, UTC instants, and a
+URL whose password never shows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from smm_pipeline.config import ConfigError, load_settings
+from smm_pipeline.errors import WarehouseError
+from smm_pipeline.warehouse.db import as_location, connect, warehouse_location
+from smm_pipeline.warehouse.postgres import PostgresTarget, redact, to_psycopg
+
+COST = Decimal("0.123456789012345678")
+BIG = 2**53 + 1
+
+
+def test_placeholders_become_psycopg_ones_outside_quoted_text():
+    assert to_psycopg("SELECT ? WHERE a = '?' AND b LIKE '%x'") == (
+        "SELECT %s WHERE a = '?' AND b LIKE '%%x'"
+    )
+    assert to_psycopg('SELECT "we?ird" -- what?\n, ?') == 'SELECT "we?ird" -- what?\n, %s'
+    assert to_psycopg("SELECT $now, '$now', $now2", named=True) == (
+        "SELECT %(now)s, '$now', %(now2)s"
+    )
+    assert to_psycopg("SELECT 'it''s ?', ?") == "SELECT 'it''s ?', %s"
+
+
+def test_the_url_password_never_shows():
+    target = PostgresTarget("postgresql://smm:s3cr%40t@db.internal:5432/warehouse")
+    assert "s3cr" not in repr(target) and "s3cr" not in str(target)
+    assert target.safe == "postgresql://smm:***@db.internal:5432/warehouse"
+    assert redact("postgresql://h/db?password=hunter2&sslmode=require") == (
+        "postgresql://h/db?password=***&sslmode=require"
+    )
+    with pytest.raises(ConfigError) as refused:
+        PostgresTarget("mysql://smm:hunter2@db/warehouse")
+    assert "hunter2" not in str(refused.value) and "SMM_WAREHOUSE_URL" in str(refused.value)
+
+
+def test_the_environment_chooses_the_engine(tmp_path: Path):
+    duck = tmp_path / "w.duckdb"
+    assert warehouse_location({"SMM_DUCKDB_PATH": str(duck)}) == duck
+    url = "postgresql://smm:pw@127.0.0.1:5432/wh"
+    assert warehouse_location({"SMM_WAREHOUSE_URL": url, "SMM_DUCKDB_PATH": str(duck)}) == (
+        PostgresTarget(url)
+    )
+    assert as_location(url) == PostgresTarget(url) and as_location(str(duck)) == duck
+
+
+def test_a_bad_warehouse_url_fails_at_load_without_the_secret(tmp_path: Path):
+    panels = tmp_path / "panels.yaml"
+    panels.write_text("panels:\n  - name: a\n    url: http://127.0.0.1:1/api/v2\n    key_env: K\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(
+            panels, environ={"SMM_WAREHOUSE_URL": "http://u:hunter2@h/db"}, check_keys=False
+        )
+    assert "hunter2" not in str(refused.value)
+
+
+def test_an_unreachable_database_is_a_warehouse_error_without_the_password(postgres_server):
+    target = PostgresTarget(
+        f"postgresql://{postgres_server.username}:wrong-hunter2@{postgres_server.host}:"
+        f"{postgres_server.port}/postgres"
+    )
+    with pytest.raises(WarehouseError) as failed, connect(target):
+        pass
+    assert "hunter2" not in str(failed.value) and "***" in str(failed.value)
+
+
+def test_frames_go_in_and_come_out_as_on_duckdb(warehouse):
+    """The same statements over a registered frame give the same Python values and the same
+    DataFrame dtypes on both engines."""
+    now = datetime(2026, 12, 2, 10, 30, tzinfo=UTC)
+    frame = pd.DataFrame(
+        {
+            "ref": pd.array(["a", "b", None], dtype="string"),
+            "order_id": pd.array([BIG, None, 3], dtype="Int64"),
+            "cost": [COST, Decimal("1"), None],
+            "seen_at": pd.to_datetime([now, now + timedelta(seconds=1), None], utc=True),
+            "ok": [True, False, True],
+        }
+    )
+    with connect(warehouse) as conn:
+        conn.register("_frame", frame)
+        rows = conn.execute(
+            "SELECT ref, order_id, CAST(cost AS DECIMAL(38,18)), seen_at, ok FROM _frame "
+            "WHERE ok OR order_id IS NULL ORDER BY ref NULLS LAST"
+        ).fetchall()
+        typed = conn.execute(
+            "SELECT order_id, seen_at, ok, ref, CAST(cost AS DECIMAL(38,18)) AS cost FROM _frame "
+            "ORDER BY ref NULLS LAST"
+        ).df()
+        conn.unregister("_frame")
+        percent = conn.execute("SELECT ? || '%', 'lit?'", ["50"]).fetchone()
+        named = conn.execute("SELECT CAST($n AS BIGINT) + 1", {"n": BIG}).fetchone()
+        listed = conn.execute(
+            "SELECT list_contains(CAST(? AS VARCHAR[]), 'b'), 'x' = ANY(?)", [["a", "b"], []]
+        ).fetchone()
+    assert rows == [
+        ("a", BIG, COST, now, True),
+        ("b", None, Decimal("1.000000000000000000"), now + timedelta(seconds=1), False),
+        (None, 3, None, None, True),
+    ]
+    assert str(typed["order_id"].dtype) == "Int64"
+    assert str(typed["seen_at"].dtype).startswith("datetime64[us,")
+    assert str(typed["ok"].dtype) == "bool"
+    assert str(typed["cost"].dtype) == "float64"
+    assert percent == ("50%", "lit?") and named == (BIG + 1,) and listed == (True, False)
+
+
+def test_a_read_only_connection_refuses_writes(warehouse):
+    with connect(warehouse) as conn:
+        conn.execute("SELECT count(*) FROM orders")
+    with connect(warehouse, read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)
+        with pytest.raises(Exception, match="(?i)read.only"):
+            conn.execute("DELETE FROM orders")
