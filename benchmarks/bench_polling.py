@@ -24,9 +24,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.common import client, peak_rss_mb, report, simulator, temp_db
+from benchmarks.common import (
+    add_engine_argument,
+    client,
+    peak_rss_mb,
+    report,
+    simulator,
+    temp_warehouse,
+)
 from smm_pipeline.operations.polling import poll_orders
-from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.db import Location, as_location, connect
+from smm_pipeline.warehouse.postgres import PostgresTarget
 from smm_pipeline.warehouse.status import Cadence
 
 SCENARIOS = {"one": (1, 20_000), "five": (5, 20_000)}  # panels, open orders per panel
@@ -43,7 +51,7 @@ def place_orders(c, n: int) -> list[int]:
     return ids
 
 
-def record_submitted(db: Path, panel: str, ids: list[int]) -> None:
+def record_submitted(db: Location, panel: str, ids: list[int]) -> None:
     now = datetime.now(UTC)
     frame = pd.DataFrame(
         {
@@ -73,7 +81,7 @@ def poll_only(spec: dict) -> dict:
         p: client(url, p, max_concurrency=spec["concurrency"]) for p, url in spec["urls"].items()
     }
     started, cpu = time.perf_counter(), time.process_time()
-    result = poll_orders(Path(spec["db"]), clients, Cadence(), progress=lambda _: None)
+    result = poll_orders(as_location(spec["db"]), clients, Cadence(), progress=lambda _: None)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     for c in clients.values():
         c.close()
@@ -91,11 +99,11 @@ def poll_only(spec: dict) -> dict:
     }
 
 
-def scenario(name: str, latency_ms: float, concurrency: int) -> dict:
+def scenario(name: str, latency_ms: float, concurrency: int, engine: str = "duckdb") -> dict:
     panels, per_panel = SCENARIOS[name]
     names = [f"bench-{i}" for i in range(panels)]
-    db = temp_db()
     with ExitStack() as stack:
+        db = stack.enter_context(temp_warehouse(engine))
         sims = {p: stack.enter_context(simulator()) for p in names}
         for p, sim in sims.items():
             with client(sim.url, p + "-setup", max_concurrency=32) as c:
@@ -103,7 +111,8 @@ def scenario(name: str, latency_ms: float, concurrency: int) -> dict:
             sim.configure(latency_ms=int(latency_ms))
             sim.reset_stats()
         spec = {
-            "db": str(db),
+            # The child process gets the URL itself (str() of a PostgresTarget hides the password).
+            "db": db.url if isinstance(db, PostgresTarget) else str(db),
             "urls": {p: s.url for p, s in sims.items()},
             "concurrency": concurrency,
         }
@@ -121,6 +130,7 @@ def scenario(name: str, latency_ms: float, concurrency: int) -> dict:
     bound = expected * latency_ms / 1000 / concurrency  # the bound
     strict = math.ceil(per_panel_calls / concurrency) * latency_ms / 1000  # panels side by side
     return {
+        "engine": engine,
         "scenario": f"{per_panel * panels:,} orders on {panels} panel(s)",
         "orders": per_panel * panels,
         "panels": panels,
@@ -151,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--poll-only", help=argparse.SUPPRESS)
+    add_engine_argument(parser)
     args = parser.parse_args(argv)
     if args.poll_only:
         print(json.dumps(poll_only(json.loads(args.poll_only))))
@@ -158,17 +169,17 @@ def main(argv: list[str] | None = None) -> dict:
     names = ["one", "five"] if args.scenario == "both" else [args.scenario]
     last: dict = {}
     for name in names:
-        record = scenario(name, args.latency_ms, args.concurrency)
+        record = scenario(name, args.latency_ms, args.concurrency, args.engine)
         last = report(
             "status_polling",
             record,
             [
-                ("scenario", record["scenario"]),
+                ("scenario", f"{record['scenario']} ({record['engine']})"),
                 ("status calls", f"{record['status_calls']} (expected "
                  f"{record['expected_calls']}, panels saw "
                  f"{record['status_calls_seen_by_panels']})"),
                 ("poll wall", f"{record['seconds']:.2f} s (HTTP fan-out "
-                 f"{record['http_seconds']:.2f} s; DuckDB writes {record['write_seconds']:.2f} s "
+                 f"{record['http_seconds']:.2f} s; writes {record['write_seconds']:.2f} s "
                  f"in {record['warehouse_writes']} batches, overlapped)"),
                 ("bound calls·lat/conc", f"{record['bound_seconds']:.2f} s (ratio "
                  f"{record['ratio_to_bound']}; target ≤ {TARGET_RATIO}: "

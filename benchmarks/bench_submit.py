@@ -20,7 +20,15 @@ from decimal import Decimal
 import httpx
 import pandas as pd
 
-from benchmarks.common import KEY, client, peak_rss_mb, report, simulator, temp_db
+from benchmarks.common import (
+    KEY,
+    add_engine_argument,
+    client,
+    peak_rss_mb,
+    report,
+    simulator,
+    temp_warehouse,
+)
 from smm_pipeline.operations.submission import submit_file
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.orders import record_pending
@@ -73,9 +81,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rate-limit-per-minute", type=int, default=12000)
     parser.add_argument("--sequential-sample", type=int, default=200)
+    add_engine_argument(parser)
     args = parser.parse_args(argv)
+    with temp_warehouse(args.engine) as db:
+        return run(args, db)
+
+
+def run(args: argparse.Namespace, db) -> dict:
     n, latency = args.orders, args.latency_ms / 1000
-    db = temp_db()
     with connect(db) as conn:
         record_pending(conn, outbox(n, "bench"), datetime.now(UTC))
     with simulator(latency_ms=args.latency_ms) as sim:
@@ -99,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         "every order on the panel once": result.submitted == placed == n,
     }
     record = {
+        "engine": args.engine,
         "orders": n,
         "latency_ms": args.latency_ms,
         "concurrency": args.concurrency,
@@ -118,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         "order_submission",
         record,
         [
+            ("warehouse", args.engine),
             ("orders", f"{n} ({result.submitted} submitted, {placed} on the panel)"),
             ("latency / concurrency / rate", f"{args.latency_ms:g} ms / {args.concurrency} / "
              f"{args.rate_limit_per_minute}/min"),

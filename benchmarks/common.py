@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -14,6 +15,8 @@ from typing import Any
 from smm_devkit.simulator.testing import SimulatorProcess, start_simulator_process
 from smm_pipeline.config import PanelConfig, Secret
 from smm_pipeline.panel.client import PanelClient
+from smm_pipeline.warehouse.db import Location
+from smm_pipeline.warehouse.postgres import PostgresTarget
 
 KEY = "bench-key"
 RESULTS = Path(__file__).parent / "results"
@@ -67,6 +70,32 @@ def report(name: str, record: dict[str, Any], table: list[tuple[str, Any]]) -> d
 
 def temp_db() -> Path:
     return Path(tempfile.mkdtemp(prefix="smm-bench-")) / "warehouse.duckdb"
+
+
+ENGINES = ("duckdb", "postgres")
+
+
+@contextmanager
+def temp_warehouse(engine: str) -> Iterator[Location]:
+    """A fresh, empty warehouse on `engine`: a DuckDB file in a temporary folder, or a database
+    on a throwaway local Postgres (the test suite's pgserver one, with fsync off as there: the
+    figures compare the engines' work, not a disk's flush latency)."""
+    if engine == "duckdb":
+        yield temp_db()
+        return
+    from smm_pipeline_tests.postgres_server import running_postgres
+
+    with running_postgres() as server:
+        yield PostgresTarget(server.create_database("bench").url())
+
+
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="duckdb",
+        help="the warehouse: the DuckDB file (default) or a throwaway Postgres",
+    )
 
 
 def cpu_count() -> int:

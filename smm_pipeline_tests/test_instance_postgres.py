@@ -1,9 +1,11 @@
 """The production Dagster instance (deploy/dagster.postgres.yaml) on a real Postgres, and the
 other deployment files (README, "Running beyond one machine").
 
-A file goes through our code location end to end with that instance (a catalog sync, a file
-launched by order_csv_sensor, the order checks), and its runs, events, materializations and
-check evaluations are read back from Postgres, through Dagster and with SQL. The Postgres is a
+A file goes through our code location end to end with that instance and the warehouse on
+Postgres too (SMM_WAREHOUSE_URL, another database of the same server): a catalog sync, a file
+launched by order_csv_sensor, the order checks. Its runs, events, materializations and check
+evaluations are read back from Postgres, through Dagster and with SQL, and its orders from the
+warehouse database. The Postgres is a
 throwaway one on 127.0.0.1 with a password (smm_pipeline_tests/postgres_server.py), reached
 through the same DAGSTER_PG_* variables as in production.
 """
@@ -23,12 +25,10 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
 from smm_pipeline.config import load_settings
-from smm_pipeline_tests import postgres_server as pg
+from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.postgres import PostgresTarget
+from smm_pipeline_tests.conftest import one_panel_pipeline
 from smm_pipeline_tests.dagster_helpers import drop_and_run
-
-# The session's Postgres and a fresh database per test (until conftest.py imports them).
-postgres_server = pg.postgres_server
-postgres_database = pg.postgres_database
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -62,7 +62,12 @@ def pg_home(tmp_path, monkeypatch, postgres_database):
     return home
 
 
-def test_a_file_runs_end_to_end_on_the_postgres_instance(pipeline, sim, pg_home, postgres_database):
+def test_a_file_runs_end_to_end_on_the_postgres_instance(
+    tmp_path, monkeypatch, sim, pg_home, postgres_database
+):
+    warehouse_db = postgres_database.server.create_database(f"{postgres_database.name}_wh"[:63])
+    warehouse = PostgresTarget(warehouse_db.url())
+    pipeline = one_panel_pipeline(tmp_path, monkeypatch, sim, warehouse)
     with dg.DagsterInstance.from_config(str(pg_home)) as instance:
         assert isinstance(instance.run_storage, PostgresRunStorage)
         assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
@@ -135,6 +140,19 @@ def test_a_file_runs_end_to_end_on_the_postgres_instance(pipeline, sim, pg_home,
             assert sorted(executions) == sorted((c, "SUCCEEDED") for c in ORDER_CHECKS)
     finally:
         engine.dispose()
+    # The warehouse is the other database: the orders, their file and the views are there, and
+    # nothing went to a DuckDB file, a journal or a budget file on this machine.
+    with connect(warehouse, read_only=True) as conn:
+        rows = conn.execute(
+            "SELECT ref, submit_state, order_id IS NOT NULL FROM orders ORDER BY ref"
+        ).fetchall()
+        assert rows == [("a-1", "submitted", True), ("a-2", "submitted", True)]
+        assert conn.execute("SELECT kind, outcome FROM processed_files").fetchall() == [
+            ("orders", "processed")
+        ]
+        assert conn.execute("SELECT sum(orders) FROM delivery_by_service").fetchone()[0] == 2
+    assert not list(tmp_path.rglob("*.duckdb")) and not list(tmp_path.rglob("*.journal"))
+    assert not list(tmp_path.rglob("budget.sqlite"))
     # Nothing went to a SQLite fallback in DAGSTER_HOME (only step outputs and logs live there).
     assert list(pg_home.rglob("*.db")) == [] and not (pg_home / "history").exists()
     # It was the password from the environment that let Dagster in.
