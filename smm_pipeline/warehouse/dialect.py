@@ -54,3 +54,15 @@ def ensure_functions(conn: Any) -> None:
     """Create the shared functions on a Postgres connection (DuckDB has them built in)."""
     if is_postgres(conn):
         conn.execute(POSTGRES_FUNCTIONS)
+
+
+# Intervals from a count of micro/milliseconds (status and refill cadences, monitoring cut-offs).
+POSTGRES_FUNCTIONS += r"""
+-- to_microseconds(bigint) -> interval
+CREATE OR REPLACE FUNCTION to_microseconds(bigint)
+RETURNS interval LANGUAGE sql IMMUTABLE AS 'SELECT $1 * interval ''1 microsecond''';
+
+-- to_milliseconds(double) -> interval (rounded to the microsecond, as DuckDB's)
+CREATE OR REPLACE FUNCTION to_milliseconds(double precision)
+RETURNS interval LANGUAGE sql IMMUTABLE AS 'SELECT $1 * interval ''1 millisecond''';
+"""
