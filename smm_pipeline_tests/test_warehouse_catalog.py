@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -18,6 +17,8 @@ from smm_pipeline.warehouse import (
     record_balance,
     sync_catalog,
 )
+from smm_pipeline.warehouse.db import Location
+from smm_pipeline.warehouse.postgres import PostgresTarget
 
 T1 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 T2 = T1 + timedelta(hours=1)
@@ -44,8 +45,9 @@ CATALOG = [_svc(1), _svc(2, "1.50"), _svc(3, "2.00", type="Package"), _svc(4, "0
 
 
 @pytest.fixture()
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "wh.duckdb"
+def db(warehouse: Location) -> Location:
+    """Each test on both engines: a DuckDB file, then a Postgres database."""
+    return warehouse
 
 
 def _changes(conn, panel: str = "p") -> list[tuple]:
@@ -56,7 +58,7 @@ def _changes(conn, panel: str = "p") -> list[tuple]:
     ).fetchall()
 
 
-def test_first_sync_records_every_service_as_appeared(db: Path) -> None:
+def test_first_sync_records_every_service_as_appeared(db: Location) -> None:
     with connect(db) as conn:
         result = sync_catalog(conn, "p", CATALOG, T1)
         stored = load_catalog(conn, "p")
@@ -81,7 +83,7 @@ def test_first_sync_records_every_service_as_appeared(db: Path) -> None:
     assert len(result.changes) == 4
 
 
-def test_diff_price_rise_min_change_removal_addition(db: Path) -> None:
+def test_diff_price_rise_min_change_removal_addition(db: Location) -> None:
     fetched = [
         _svc(1, "0.95"),  # price rise
         _svc(2, "1.50", min=100),  # min change
@@ -110,7 +112,7 @@ def test_diff_price_rise_min_change_removal_addition(db: Path) -> None:
     assert stored[("p", 5)].first_seen_at == T2 and stored[("p", 5)].category == "TikTok Views"
 
 
-def test_vanished_service_is_kept_and_logged_once_then_reappears(db: Path) -> None:
+def test_vanished_service_is_kept_and_logged_once_then_reappears(db: Location) -> None:
     without_4 = CATALOG[:3]
     with connect(db) as conn:
         sync_catalog(conn, "p", CATALOG, T1)
@@ -132,7 +134,7 @@ def test_vanished_service_is_kept_and_logged_once_then_reappears(db: Path) -> No
     assert syncs[-1] == ("p", T4, 4, 0, 1, 0, 1)
 
 
-def test_unchanged_sync_writes_no_change_rows_but_moves_last_seen(db: Path) -> None:
+def test_unchanged_sync_writes_no_change_rows_but_moves_last_seen(db: Location) -> None:
     with connect(db) as conn:
         sync_catalog(conn, "p", CATALOG, T1)
         # the same catalog, with rates spelled differently but equal as decimals
@@ -146,7 +148,7 @@ def test_unchanged_sync_writes_no_change_rows_but_moves_last_seen(db: Path) -> N
     assert seen == {T2}
 
 
-def test_rates_are_exact_decimals(db: Path) -> None:
+def test_rates_are_exact_decimals(db: Location) -> None:
     with connect(db) as conn:
         sync_catalog(conn, "p", [_svc(1, "0.1234567"), _svc(2, "123456789012.345678")], T1)
         result = sync_catalog(conn, "p", [_svc(1, "0.1234568"), _svc(2, "123456789012.345678")], T2)
@@ -155,7 +157,7 @@ def test_rates_are_exact_decimals(db: Path) -> None:
             "SELECT data_type FROM information_schema.columns "
             "WHERE table_name = 'services' AND column_name = 'rate'"
         ).fetchone()[0]
-    assert column_type == "DECIMAL(38,18)"
+    assert column_type == ("numeric" if isinstance(db, PostgresTarget) else "DECIMAL(38,18)")
     assert stored[("p", 1)].rate == Decimal("0.1234568")
     assert stored[("p", 2)].rate == Decimal("123456789012.345678")
     assert isinstance(stored[("p", 2)].rate, Decimal)
@@ -165,7 +167,7 @@ def test_rates_are_exact_decimals(db: Path) -> None:
     ]
 
 
-def test_other_panels_are_untouched(db: Path) -> None:
+def test_other_panels_are_untouched(db: Location) -> None:
     with connect(db) as conn:
         sync_catalog(conn, "a", CATALOG, T1)
         result = sync_catalog(conn, "b", [_svc(1, "5.00")], T2)
@@ -176,14 +178,14 @@ def test_other_panels_are_untouched(db: Path) -> None:
     assert len(stored) == 5
 
 
-def test_duplicate_ids_keep_the_last_entry(db: Path) -> None:
+def test_duplicate_ids_keep_the_last_entry(db: Location) -> None:
     with connect(db) as conn:
         result = sync_catalog(conn, "p", [_svc(1, "1.00"), _svc(1, "2.00")], T1)
         assert load_catalog(conn, "p")[("p", 1)].rate == Decimal("2.00")
     assert result.services == 1 and result.new == 1
 
 
-def test_failed_sync_leaves_everything_as_it_was(db: Path) -> None:
+def test_failed_sync_leaves_everything_as_it_was(db: Location) -> None:
     with connect(db) as conn:
         sync_catalog(conn, "p", CATALOG, T1)
         before = load_catalog(conn)
@@ -195,7 +197,7 @@ def test_failed_sync_leaves_everything_as_it_was(db: Path) -> None:
         assert conn.execute("SELECT count(*) FROM catalog_syncs").fetchone()[0] == 1
 
 
-def test_empty_catalog_is_refused_while_services_are_active(db: Path) -> None:
+def test_empty_catalog_is_refused_while_services_are_active(db: Location) -> None:
     with connect(db) as conn:
         empty_first = sync_catalog(conn, "p", [], T1)
         sync_catalog(conn, "p", CATALOG, T2)
@@ -205,12 +207,12 @@ def test_empty_catalog_is_refused_while_services_are_active(db: Path) -> None:
     assert empty_first.services == 0
 
 
-def test_naive_timestamps_are_refused(db: Path) -> None:
+def test_naive_timestamps_are_refused(db: Location) -> None:
     with connect(db) as conn, pytest.raises(ValueError, match="timezone-aware"):
         sync_catalog(conn, "p", CATALOG, datetime(2025, 1, 1))
 
 
-def test_catalog_age(db: Path) -> None:
+def test_catalog_age(db: Location) -> None:
     with connect(db) as conn:
         assert catalog_age(conn, "p") is None
         sync_catalog(conn, "p", CATALOG, T1)
@@ -219,14 +221,14 @@ def test_catalog_age(db: Path) -> None:
         assert catalog_age(conn, "other") is None
 
 
-def test_preview_markdown_lists_changes(db: Path) -> None:
+def test_preview_markdown_lists_changes(db: Location) -> None:
     with connect(db) as conn:
         result = sync_catalog(conn, "p", CATALOG, T1)
     text = result.preview_markdown(limit=2)
     assert "appeared" in text and "Service 1" in text and "2 more change rows" in text
 
 
-def test_balances_append_and_latest_wins(db: Path) -> None:
+def test_balances_append_and_latest_wins(db: Location) -> None:
     with connect(db) as conn:
         record_balance(conn, "p", Balance(Decimal("100.123456"), "USD"), T1)
         record_balance(conn, "p", Balance(Decimal("99.000001"), "USD"), T2)

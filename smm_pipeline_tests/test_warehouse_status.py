@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from smm_pipeline.operations.polling import observations_frame
 from smm_pipeline.panel.models import OrderStatus
 from smm_pipeline.warehouse import connect
+from smm_pipeline.warehouse.db import Location
 from smm_pipeline.warehouse.status import Cadence, apply_observations, due_orders, open_summary
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -39,8 +39,9 @@ def _apply(conn, *statuses: OrderStatus) -> tuple[int, int]:
 
 
 @pytest.fixture()
-def conn(tmp_path: Path):
-    with connect(tmp_path / "w.duckdb") as c:
+def conn(warehouse: Location):
+    """Each test on both engines: a DuckDB file, then a Postgres database."""
+    with connect(warehouse) as c:
         yield c
 
 

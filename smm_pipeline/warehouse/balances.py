@@ -36,8 +36,10 @@ def latest_balances(conn: duckdb.DuckDBPyConnection) -> dict[str, BalanceRow]:
     rows = conn.execute(
         """
         SELECT panel, balance, currency, fetched_at
-        FROM balances
-        QUALIFY row_number() OVER (PARTITION BY panel ORDER BY fetched_at DESC) = 1
+        FROM (SELECT panel, balance, currency, fetched_at,
+                     row_number() OVER (PARTITION BY panel ORDER BY fetched_at DESC) AS n
+              FROM balances) AS latest
+        WHERE n = 1
         """
     ).fetchall()
     return {r[0]: BalanceRow(*r) for r in rows}

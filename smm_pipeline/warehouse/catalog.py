@@ -82,19 +82,23 @@ class CatalogSyncResult:
 
 
 def _fetched_frame(services: Sequence[Service]) -> pd.DataFrame:
-    # rate travels as text and is cast to DECIMAL in SQL: no float ever touches it.
+    # rate travels as text and is cast to DECIMAL in SQL: no float ever touches it. The dtypes
+    # are explicit so that an empty list has them too (Postgres makes a table of them).
+    def column(values: list, dtype: str) -> pd.Series:
+        return pd.Series(values, dtype=dtype)
+
     return pd.DataFrame(
         {
-            "pos": range(len(services)),
-            "service_id": [int(s.service_id) for s in services],
-            "name": [s.name for s in services],
-            "type": [s.type for s in services],
-            "category": [s.category for s in services],
-            "rate": [str(s.rate) for s in services],
-            "min": [int(s.min) for s in services],
-            "max": [int(s.max) for s in services],
-            "refill": [bool(s.refill) for s in services],
-            "cancel": [bool(s.cancel) for s in services],
+            "pos": column(list(range(len(services))), "int64"),
+            "service_id": column([int(s.service_id) for s in services], "int64"),
+            "name": column([s.name for s in services], "string"),
+            "type": column([s.type for s in services], "string"),
+            "category": column([s.category for s in services], "string"),
+            "rate": column([str(s.rate) for s in services], "string"),
+            "min": column([int(s.min) for s in services], "int64"),
+            "max": column([int(s.max) for s in services], "int64"),
+            "refill": column([bool(s.refill) for s in services], "bool"),
+            "cancel": column([bool(s.cancel) for s in services], "bool"),
         }
     )
 
@@ -127,14 +131,17 @@ def _changes_sql(fetched: str, changes: str) -> str:
         WHERE NOT s.active OR {differs}
     ),
     diff AS (
-        SELECT f.service_id, 'appeared' AS field, NULL AS old_value, f.name AS new_value
-        FROM {fetched} AS f ANTI JOIN stored AS s USING (service_id)
+        SELECT f.service_id, 'appeared' AS field, CAST(NULL AS VARCHAR) AS old_value,
+               f.name AS new_value
+        FROM {fetched} AS f
+        WHERE NOT EXISTS (SELECT 1 FROM stored AS s WHERE s.service_id = f.service_id)
         UNION ALL
         SELECT service_id, 'reappeared', NULL, f_name FROM pairs WHERE NOT was_active
         UNION ALL
         SELECT s.service_id, 'disappeared', s.name, NULL
-        FROM stored AS s ANTI JOIN {fetched} AS f USING (service_id)
+        FROM stored AS s
         WHERE s.active
+          AND NOT EXISTS (SELECT 1 FROM {fetched} AS f WHERE f.service_id = s.service_id)
         {field_diffs}
     )
     SELECT CAST($panel AS VARCHAR) AS panel, CAST(service_id AS BIGINT) AS service_id,
@@ -145,19 +152,29 @@ def _changes_sql(fetched: str, changes: str) -> str:
 
 
 def _merge_sql(fetched: str) -> str:
+    """Fetched rows into `services`: updated where stored, inserted where new. (The MERGE
+    both engines accept: Postgres 16 has no WHEN NOT MATCHED BY SOURCE, so the vanished rows
+    are `_VANISHED_SQL`, in the same transaction.)"""
     updates = ", ".join(f"{col} = f.{col}" for col in TRACKED_FIELDS)
     columns = ", ".join(TRACKED_FIELDS)
     values = ", ".join(f"f.{col}" for col in TRACKED_FIELDS)
     return f"""
     MERGE INTO services AS s
-    USING (SELECT * FROM {fetched}) AS f
+    USING {fetched} AS f
     ON s.panel = $panel AND s.service_id = f.service_id
     WHEN MATCHED THEN UPDATE SET {updates}, active = true, last_seen_at = $synced_at
-    WHEN NOT MATCHED BY TARGET THEN
+    WHEN NOT MATCHED THEN
         INSERT (panel, service_id, {columns}, active, first_seen_at, last_seen_at)
         VALUES ($panel, f.service_id, {values}, true, $synced_at, $synced_at)
-    WHEN NOT MATCHED BY SOURCE AND s.panel = $panel AND s.active THEN
-        UPDATE SET active = false
+    """
+
+
+def _vanished_sql(fetched: str) -> str:
+    """The panel's active services the fetched list no longer has: kept, active=false."""
+    return f"""
+    UPDATE services SET active = false
+    WHERE panel = $panel AND active
+      AND NOT EXISTS (SELECT 1 FROM {fetched} AS f WHERE f.service_id = services.service_id)
     """
 
 
@@ -203,13 +220,15 @@ def sync_catalog(
                    CAST(rate AS DECIMAL(38,18)) AS rate, CAST(min AS BIGINT) AS min,
                    CAST(max AS BIGINT) AS max, CAST(refill AS BOOLEAN) AS refill,
                    CAST(cancel AS BOOLEAN) AS cancel
-            FROM {frame_name}
-            QUALIFY row_number() OVER (PARTITION BY service_id ORDER BY pos DESC) = 1
+            FROM (SELECT *, row_number() OVER (PARTITION BY service_id ORDER BY pos DESC) AS n
+                  FROM {frame_name}) AS listed
+            WHERE n = 1
             """
         )
         conn.unregister(frame_name)
         conn.execute(_changes_sql(fetched, changes), params)
         conn.execute(_merge_sql(fetched), params)
+        conn.execute(_vanished_sql(fetched), {"panel": panel})
         conn.execute(f"INSERT INTO service_changes SELECT * FROM {changes}")
         counts = conn.execute(
             f"""
@@ -232,7 +251,7 @@ def sync_catalog(
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
-        with contextlib.suppress(duckdb.Error):
+        with contextlib.suppress(Exception):  # duckdb.Error, or psycopg's
             conn.unregister(frame_name)
         raise
     return CatalogSyncResult(

@@ -41,34 +41,36 @@ def ambiguous_submissions(
     their `sending` rows are in flight, not left behind."""
     return conn.execute(
         f"""
-        SELECT 'order' AS kind, submit_state AS state, panel, ref, order_id, source_file,
-               row_number, service_id, link, quantity,
-               CAST(estimated_cost AS VARCHAR) AS estimated_cost, created_at AS since,
-               submit_error AS error
-        FROM orders
-        WHERE submit_state = 'ambiguous'
-           OR (submit_state = 'sending'
-               AND NOT coalesce(list_contains(?::VARCHAR[], claim_id), false))
-           OR (submit_state = 'pending'
-               AND created_at < now() - to_milliseconds(CAST(? * 60000 AS BIGINT)))
-        UNION ALL
-        SELECT 'refill', 'ambiguous', r.panel, o.ref, r.order_id, r.source_file, NULL,
-               o.service_id, o.link, o.quantity, NULL, r.requested_at, r.error
-        FROM refills r
-        LEFT JOIN orders o ON o.panel = r.panel AND o.order_id = r.order_id
-        WHERE r.request_state = 'ambiguous' AND NOT EXISTS (
-            SELECT 1 FROM refills later WHERE later.panel = r.panel
-              AND later.order_id = r.order_id AND later.requested_at > r.requested_at)
-        UNION ALL
-        SELECT 'cancel', 'ambiguous', c.panel, o.ref, c.order_id, c.source_file, NULL,
-               o.service_id, o.link, o.quantity, NULL, c.requested_at, c.error
-        FROM cancels c
-        LEFT JOIN orders o ON o.panel = c.panel AND o.order_id = c.order_id
-        WHERE c.result = 'ambiguous'
-          AND coalesce(o.status, '') NOT IN {FINISHED_STATUSES}
-          AND NOT EXISTS (
-            SELECT 1 FROM cancels later WHERE later.panel = c.panel
-              AND later.order_id = c.order_id AND later.requested_at > c.requested_at)
+        SELECT * FROM (
+            SELECT 'order' AS kind, submit_state AS state, panel, ref, order_id, source_file,
+                   row_number, service_id, link, quantity,
+                   CAST(estimated_cost AS VARCHAR) AS estimated_cost, created_at AS since,
+                   submit_error AS error
+            FROM orders
+            WHERE submit_state = 'ambiguous'
+               OR (submit_state = 'sending'
+                   AND NOT coalesce(list_contains(?::VARCHAR[], claim_id), false))
+               OR (submit_state = 'pending'
+                   AND created_at < now() - to_milliseconds(CAST(? * 60000 AS BIGINT)))
+            UNION ALL
+            SELECT 'refill', 'ambiguous', r.panel, o.ref, r.order_id, r.source_file, NULL,
+                   o.service_id, o.link, o.quantity, NULL, r.requested_at, r.error
+            FROM refills r
+            LEFT JOIN orders o ON o.panel = r.panel AND o.order_id = r.order_id
+            WHERE r.request_state = 'ambiguous' AND NOT EXISTS (
+                SELECT 1 FROM refills later WHERE later.panel = r.panel
+                  AND later.order_id = r.order_id AND later.requested_at > r.requested_at)
+            UNION ALL
+            SELECT 'cancel', 'ambiguous', c.panel, o.ref, c.order_id, c.source_file, NULL,
+                   o.service_id, o.link, o.quantity, NULL, c.requested_at, c.error
+            FROM cancels c
+            LEFT JOIN orders o ON o.panel = c.panel AND o.order_id = c.order_id
+            WHERE c.result = 'ambiguous'
+              AND coalesce(o.status, '') NOT IN {FINISHED_STATUSES}
+              AND NOT EXISTS (
+                SELECT 1 FROM cancels later WHERE later.panel = c.panel
+                  AND later.order_id = c.order_id AND later.requested_at > c.requested_at)
+        ) AS ambiguous
         ORDER BY kind = 'order' DESC, kind, panel, since, ref
         """,
         [list(live_claims), pending_minutes],

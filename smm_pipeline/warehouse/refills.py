@@ -73,10 +73,13 @@ def order_targets(conn: duckdb.DuckDBPyConnection, targets: pd.DataFrame) -> pd.
         return conn.execute(
             """
             WITH by_id AS (
-                SELECT panel, order_id, ref, submit_state, service_id, status FROM orders
-                WHERE order_id IS NOT NULL
-                QUALIFY row_number() OVER (PARTITION BY panel, order_id
-                    ORDER BY submit_state = 'submitted' DESC, submitted_at DESC, ref) = 1
+                SELECT panel, order_id, ref, submit_state, service_id, status
+                FROM (SELECT panel, order_id, ref, submit_state, service_id, status,
+                             row_number() OVER (PARTITION BY panel, order_id
+                                 ORDER BY submit_state = 'submitted' DESC, submitted_at DESC,
+                                          ref) AS n
+                      FROM orders WHERE order_id IS NOT NULL) AS ranked
+                WHERE n = 1
             )
             SELECT k.row_number, k.panel,
                    CAST(coalesce(k.order_id, r.order_id) AS BIGINT) AS order_id,
@@ -114,11 +117,16 @@ def file_requests(
     refill_id = "refill_id" if table == "refills" else "CAST(NULL AS BIGINT)"
     return conn.execute(
         f"""
-        SELECT panel, order_id, {state} AS state, {refill_id} AS refill_id, error, requested_at
-        FROM {table}
-        WHERE file_hash = ?
-           OR (file_hash IS NULL AND source_file = ? AND requested_at >= ?)  -- before v5
-        QUALIFY row_number() OVER (PARTITION BY panel, order_id ORDER BY requested_at DESC) = 1
+        SELECT panel, order_id, state, refill_id, error, requested_at
+        FROM (SELECT panel, order_id, {state} AS state, {refill_id} AS refill_id, error,
+                     requested_at,
+                     row_number() OVER (PARTITION BY panel, order_id
+                                        ORDER BY requested_at DESC) AS n
+              FROM {table}
+              WHERE file_hash = ?
+                 OR (file_hash IS NULL AND source_file = ? AND requested_at >= ?)  -- before v5
+             ) AS requests
+        WHERE n = 1
         ORDER BY panel, order_id
         """,
         [claim.file_hash, claim.file_name, claim.first_seen_at],
@@ -307,9 +315,11 @@ def record_cancel_outcomes(
 
 
 def _interval_sql(at: str) -> str:
-    """The wait after `at` (a column expression) for a refill requested at `requested_at`."""
+    """The wait after `at` (a column expression) for a refill requested at `requested_at`:
+    a quarter of the microseconds, floored, the same on both engines."""
     return f"""to_microseconds(CAST(greatest($min_us, least($max_us,
-        date_diff('microsecond', requested_at, {at}) / 4)) AS BIGINT))"""
+        floor(CAST(date_diff('microsecond', requested_at, {at}) AS DOUBLE PRECISION) / 4)))
+        AS BIGINT))"""
 
 
 def _cadence_params(cadence: Cadence) -> dict[str, int]:

@@ -62,7 +62,7 @@ _OPEN_ITEMS = f"""
 """
 
 _TYPED_OBSERVATIONS = """
-CREATE OR REPLACE TEMP TABLE _obs_typed AS
+CREATE TEMP TABLE _obs_typed AS
 SELECT panel, CAST(order_id AS BIGINT) AS order_id, status, raw_status,
        CAST(charge AS DECIMAL(38,18)) AS charge, CAST(start_count AS BIGINT) AS start_count,
        CAST(remains AS BIGINT) AS remains, currency, error, subscription_expiry,
@@ -95,7 +95,7 @@ _CHANGED = """
 """
 
 _ORDER_OBSERVATIONS = f"""
-CREATE OR REPLACE TEMP TABLE _obs AS
+CREATE TEMP TABLE _obs AS
 WITH e AS (
     SELECT r.panel, r.order_id, o.ref, r.raw_status, r.currency, r.error, r.subscription_expiry,
            r.subscription_posts, r.subscription_orders,
@@ -116,11 +116,12 @@ FROM e
 # Observations of child orders: ids recorded in subscription_orders (and not rows of orders,
 # which take precedence).
 _CHILD_OBSERVATIONS = f"""
-CREATE OR REPLACE TEMP TABLE _cobs AS
+CREATE TEMP TABLE _cobs AS
 WITH e AS (
     SELECT r.panel, r.order_id, o.subscription_ref, r.raw_status, r.currency, r.error,
            {_EFFECTIVE}
-    FROM (SELECT * EXCLUDE (subscription_orders), NULL AS subscription_orders
+    FROM (SELECT panel, order_id, status, raw_status, charge, start_count, remains, currency,
+                 error, CAST(NULL AS VARCHAR) AS subscription_orders
           FROM _obs_typed) r
     JOIN subscription_orders o ON o.panel = r.panel AND o.order_id = r.order_id
     WHERE NOT EXISTS (SELECT 1 FROM orders x WHERE x.panel = r.panel AND x.order_id = r.order_id)
@@ -131,12 +132,13 @@ FROM e
 """
 
 # The next due time after this poll (see the module docstring); {born}: the row's age origin.
+# A quarter of the microseconds, floored: the same on both engines (a double holds it exactly).
 _NEXT_POLL = """
     $now + to_microseconds(CAST(greatest($min_us, least($max_us,
-        date_diff('microsecond',
-                  CASE WHEN b.changed THEN $now
-                       ELSE coalesce({table}.last_change_at, {table}.{born}, $now)
-                  END, $now) / 4)) AS BIGINT))
+        floor(CAST(date_diff('microsecond',
+                             CASE WHEN b.changed THEN $now
+                                  ELSE coalesce({table}.last_change_at, {table}.{born}, $now)
+                             END, $now) AS DOUBLE PRECISION) / 4))) AS BIGINT))
 """
 _FINISHED_AT = f"""
     CASE WHEN {{table}}.finished_at IS NULL AND b.error IS NULL
@@ -185,8 +187,9 @@ INSERT INTO subscription_orders
 SELECT panel, child_id, any_value(ref), any_value(order_id), $now, $now
 FROM (
     SELECT panel, order_id, ref,
-           TRY_CAST(trim(unnest(string_split(subscription_orders, ','))) AS BIGINT) AS child_id
-    FROM _obs WHERE is_subscription
+           CASE WHEN part ~ '^-?[0-9]{1,18}$' THEN CAST(part AS BIGINT) END AS child_id
+    FROM (SELECT panel, order_id, ref, trim(unnest(string_split(subscription_orders, ','))) AS part
+          FROM _obs WHERE is_subscription) AS parts
 ) c
 WHERE child_id IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM subscription_orders s
@@ -238,7 +241,7 @@ def due_orders(
     due = "" if poll_all else "AND (next_poll_at IS NULL OR next_poll_at <= ?)"
     items = _OPEN_ITEMS.format(panel_filter=due)
     return conn.execute(
-        f"SELECT panel, order_id FROM ({items}) "
+        f"SELECT panel, order_id FROM ({items}) AS items "
         "ORDER BY next_poll_at ASC NULLS FIRST, panel, order_id",
         [] if poll_all else [now, now],
     ).df()
@@ -255,7 +258,8 @@ def open_summary_by_panel(
     panel_filter, params = _panel_filter(panels)
     items = _OPEN_ITEMS.format(panel_filter=panel_filter)
     rows = conn.execute(
-        f"SELECT panel, count(*), min(due_at) FROM ({items}) GROUP BY panel", params * 2
+        f"SELECT panel, count(*), min(due_at) FROM ({items}) AS items GROUP BY panel",
+        params * 2,
     ).fetchall()
     found = {panel: (int(n), next_due) for panel, n, next_due in rows}
     if panels is None:
@@ -273,7 +277,7 @@ def open_summary(
     panel_filter, params = _panel_filter(panels)
     items = _OPEN_ITEMS.format(panel_filter=panel_filter)
     count, next_due = conn.execute(
-        f"SELECT count(*), min(due_at) FROM ({items})", params * 2
+        f"SELECT count(*), min(due_at) FROM ({items}) AS items", params * 2
     ).fetchall()[0]
     return int(count), next_due
 
@@ -317,7 +321,7 @@ def apply_observations(
                          changed FROM _obs
                   UNION ALL
                   SELECT panel, order_id, status, raw_status, charge, start_count, remains,
-                         changed FROM _cobs)
+                         changed FROM _cobs) AS observed
             WHERE changed
             """,
             {"now": now},
@@ -329,7 +333,7 @@ def apply_observations(
         changed, errors = conn.execute(
             """
             SELECT count(*) FILTER (WHERE changed), count(*) FILTER (WHERE error IS NOT NULL)
-            FROM (SELECT changed, error FROM _obs UNION ALL SELECT changed, error FROM _cobs)
+            FROM (SELECT changed, error FROM _obs UNION ALL SELECT changed, error FROM _cobs) AS b
             """
         ).fetchall()[0]
         for table in ("_obs_typed", "_obs", "_cobs"):
