@@ -1,4 +1,6 @@
-"""The analytics views on a small hand-built dataset whose every number is worked out below."""
+"""The analytics views on a small hand-built dataset whose every number is worked out below,
+on each engine (`warehouse`: a DuckDB file, then a Postgres database), and the same rows in
+both engines giving the same answer in every view."""
 
 from __future__ import annotations
 
@@ -11,6 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smm_pipeline.warehouse import connect
+from smm_pipeline.warehouse.db import Location
+from smm_pipeline.warehouse.postgres import PostgresTarget
+from smm_pipeline.warehouse.views import VIEW_NAMES
+from smm_pipeline_tests.conftest import ENGINES
 
 D = Decimal
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -129,8 +135,12 @@ CHANGES = [
 
 
 @pytest.fixture()
-def db(tmp_path: Path) -> Path:
-    path = _db_with(tmp_path / "warehouse.duckdb", SERVICES, ORDERS, HISTORY)
+def db(warehouse: Location) -> Location:
+    return _full_dataset(warehouse)
+
+
+def _full_dataset(location: Location) -> Location:
+    path = _db_with(location, SERVICES, ORDERS, HISTORY)
     with connect(path) as conn:
         _insert(conn, "balances", BALANCES)
         _insert(conn, "refills", REFILLS)
@@ -151,12 +161,12 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
-def _rows(path: Path, sql: str) -> list[tuple]:
+def _rows(path: Location, sql: str) -> list[tuple]:
     with connect(path) as conn:
         return conn.execute(sql).fetchall()
 
 
-def test_spend_daily_groups_by_currency_and_prices_each_outcome(db: Path) -> None:
+def test_spend_daily_groups_by_currency_and_prices_each_outcome(db: Location) -> None:
     rows = _rows(
         db,
         "SELECT day, panel, currency, category, service_id, service_name, campaign, orders, "
@@ -175,7 +185,7 @@ def test_spend_daily_groups_by_currency_and_prices_each_outcome(db: Path) -> Non
     assert all(isinstance(r[8], Decimal) for r in rows)
 
 
-def test_delivery_by_service(db: Path) -> None:
+def test_delivery_by_service(db: Location) -> None:
     rows = _rows(
         db,
         "SELECT panel, service_id, service_name, category, currency, orders, completed, partial, "
@@ -193,7 +203,7 @@ def test_delivery_by_service(db: Path) -> None:
     ]
 
 
-def test_provider_scorecard_compares_panels_per_category(db: Path) -> None:
+def test_provider_scorecard_compares_panels_per_category(db: Location) -> None:
     rows = _rows(
         db,
         "SELECT panel, category, currency, price_per_1000, active_services, orders, finished, "
@@ -211,7 +221,7 @@ def test_provider_scorecard_compares_panels_per_category(db: Path) -> None:
     ]
 
 
-def test_price_changes(db: Path) -> None:
+def test_price_changes(db: Location) -> None:
     rows = _rows(
         db,
         "SELECT panel, service_id, name, changed_at, old_rate, new_rate, change_pct "
@@ -223,7 +233,7 @@ def test_price_changes(db: Path) -> None:
     ]
 
 
-def test_balance_runway(db: Path) -> None:
+def test_balance_runway(db: Location) -> None:
     rows = _rows(
         db,
         "SELECT panel, balance, currency, spend_7d, days_covered, spend_per_day, days_left "
@@ -239,8 +249,8 @@ def test_balance_runway(db: Path) -> None:
     ]
 
 
-def test_views_exist_on_an_empty_warehouse(tmp_path: Path) -> None:
-    with connect(tmp_path / "empty.duckdb") as conn:
+def test_views_exist_on_an_empty_warehouse(warehouse: Location) -> None:
+    with connect(warehouse) as conn:
         for view in ("spend_daily", "delivery_by_service", "provider_scorecard", "price_changes"):
             assert conn.execute(f"SELECT count(*) FROM {view}").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM balance_runway").fetchone() == (0,)
@@ -255,9 +265,15 @@ _money = st.decimals(
 )
 
 
-@pytest.fixture(scope="module")
-def money_conn(tmp_path_factory: pytest.TempPathFactory):
-    with connect(tmp_path_factory.mktemp("money") / "w.duckdb") as conn:
+@pytest.fixture(scope="module", params=ENGINES)
+def money_conn(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """money_div on each engine: DuckDB's macro, then Postgres's function."""
+    if request.param == "duckdb":
+        location: Location = tmp_path_factory.mktemp("money") / "w.duckdb"
+    else:
+        server = request.getfixturevalue("postgres_server")
+        location = PostgresTarget(server.create_database("money_div").url())
+    with connect(location) as conn:
         yield conn
 
 
@@ -275,11 +291,11 @@ def test_money_div_is_exact_and_rounds_half_away_from_zero(money_conn, num, den)
 
 
 def test_money_div_by_zero_or_null_is_null(money_conn) -> None:
-    assert money_conn.execute("SELECT money_div(1, 0), money_div(NULL, 2), money_div(1, NULL)")
-    assert money_conn.fetchone() == (None, None, None)
+    answer = money_conn.execute("SELECT money_div(1, 0), money_div(NULL, 2), money_div(1, NULL)")
+    assert answer.fetchone() == (None, None, None)
 
 
-def _db_with(path: Path, services: list[dict], orders: list[dict], history=()) -> Path:
+def _db_with(path: Location, services: list[dict], orders: list[dict], history=()) -> Location:
     with connect(path) as conn:
         _insert(conn, "services", services)
         _insert(conn, "orders", orders)
@@ -318,21 +334,26 @@ REFUND_PACKAGE_SUBSCRIPTION_ORDERS = [
 ]  # fmt: skip
 
 
+DELTA_SERVICES = [
+    _service("delta", 20, "Pack", "Package", "Packs", "5"),
+    _service("delta", 21, "Subs", "Subscriptions", "Subs", "3"),
+    _service("delta", 22, "Likes", "Default", IL, "1"),
+]
+
+
 @pytest.fixture()
-def delta(tmp_path: Path) -> Path:
+def delta(warehouse: Location) -> Location:
     return _db_with(
-        tmp_path / "delta.duckdb",
-        [
-            _service("delta", 20, "Pack", "Package", "Packs", "5"),
-            _service("delta", 21, "Subs", "Subscriptions", "Subs", "3"),
-            _service("delta", 22, "Likes", "Default", IL, "1"),
-        ],
+        warehouse,
+        DELTA_SERVICES,
         REFUND_PACKAGE_SUBSCRIPTION_ORDERS,
         [("delta", 3, T0 + _minutes(20), "Completed"), ("delta", 4, T0 + _minutes(40), "Partial")],
     )
 
 
-def test_a_cancel_or_refund_without_a_charge_is_spend_zero_not_its_estimate(delta: Path) -> None:
+def test_a_cancel_or_refund_without_a_charge_is_spend_zero_not_its_estimate(
+    delta: Location,
+) -> None:
     rows = _rows(
         delta,
         "SELECT service_id, orders, charge, estimated_charge FROM spend_daily ORDER BY service_id",
@@ -344,7 +365,7 @@ def test_a_cancel_or_refund_without_a_charge_is_spend_zero_not_its_estimate(delt
     ]
 
 
-def test_packages_and_subscriptions_have_no_delivered_quantity(delta: Path) -> None:
+def test_packages_and_subscriptions_have_no_delivered_quantity(delta: Location) -> None:
     rows = _rows(
         delta,
         "SELECT service_id, orders, completed, partial, canceled, expired, finished, "
@@ -363,7 +384,7 @@ def test_packages_and_subscriptions_have_no_delivered_quantity(delta: Path) -> N
     ]
 
 
-def test_an_expired_subscription_is_finished_in_the_scorecard(delta: Path) -> None:
+def test_an_expired_subscription_is_finished_in_the_scorecard(delta: Location) -> None:
     rows = _rows(
         delta,
         "SELECT category, orders, finished, completion_rate, median_minutes_to_finish "
@@ -372,10 +393,10 @@ def test_an_expired_subscription_is_finished_in_the_scorecard(delta: Path) -> No
     assert rows == [("Subs", 2, 1, 1.0, None)]
 
 
-def test_sums_of_money_stay_exact_at_18_places(tmp_path: Path) -> None:
+def test_sums_of_money_stay_exact_at_18_places(warehouse: Location) -> None:
     tiny = D("0.000000000000000001")
     path = _db_with(
-        tmp_path / "exact.duckdb",
+        warehouse,
         [_service("e", 1, "S", "Default", IL, "0.1234567")],
         [
             _order(
@@ -392,15 +413,17 @@ def test_sums_of_money_stay_exact_at_18_places(tmp_path: Path) -> None:
             for i in range(3)
         ],  # fmt: skip
     )
+    type_of = "pg_typeof" if isinstance(path, PostgresTarget) else "typeof"
     [(charge, spend_type)] = _rows(
-        path, "SELECT charge, typeof(charge) FROM spend_daily WHERE panel = 'e'"
+        path,
+        f"SELECT charge, CAST({type_of}(charge) AS VARCHAR) FROM spend_daily WHERE panel = 'e'",
     )
     assert charge == D("0.370370367037037037")
-    assert spend_type == "DECIMAL(38,18)"
+    assert spend_type == ("numeric" if isinstance(path, PostgresTarget) else "DECIMAL(38,18)")
 
 
-def test_price_changes_survive_a_value_that_is_not_a_number(tmp_path: Path) -> None:
-    path = tmp_path / "odd.duckdb"
+def test_price_changes_survive_a_value_that_is_not_a_number(warehouse: Location) -> None:
+    path = warehouse
     with connect(path) as conn:
         _insert(conn, "services", [_service("o", 1, "S", "Default", IL, "1")])
         conn.execute(
@@ -432,3 +455,46 @@ def test_money_div_is_exact_for_18_place_inputs(money_conn, num, den) -> None:
         ctx.prec = 80
         expected = (num / den).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
     assert got == expected
+
+
+def _comparable(value: object) -> str:
+    """A value as both engines' answers compare: numbers by their exact value (DuckDB's HUGEINT
+    sum and Postgres's NUMERIC sum of the same counts, DECIMAL(38,6) and NUMERIC), instants in
+    UTC, the rest as they are (floats exactly)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int | Decimal):
+        return f"number {Decimal(value).normalize()}"
+    if isinstance(value, datetime):  # the same instant, whichever tzinfo object says UTC
+        return f"instant {value.astimezone(UTC).isoformat()}"
+    return repr(value)
+
+
+def test_every_view_answers_the_same_on_both_engines(tmp_path: Path, postgres_database) -> None:
+    """The same rows in a DuckDB file and in Postgres (every dataset of this module, and a
+    subscription's charged child): every row of every view is the same, to the last decimal
+    (money exact, rates and medians rounded alike)."""
+    answers = []
+    for location in (tmp_path / "w.duckdb", PostgresTarget(postgres_database.url())):
+        _full_dataset(location)
+        _db_with(location, DELTA_SERVICES, REFUND_PACKAGE_SUBSCRIPTION_ORDERS)
+        with connect(location) as conn:
+            conn.execute(
+                "INSERT INTO subscription_orders (panel, order_id, subscription_ref, "
+                "subscription_order_id, first_seen_at, status, charge, currency) "
+                "VALUES ('delta', 70, 's1', 7, ?, 'Completed', 1.25, 'USD')",
+                [T0 + _minutes(30)],
+            )
+            answers.append(
+                {
+                    view: sorted(
+                        tuple(_comparable(v) for v in row)
+                        for row in conn.execute(f"SELECT * FROM {view}").fetchall()
+                    )
+                    for view in VIEW_NAMES
+                }
+            )
+    duck, pg = answers
+    for view in VIEW_NAMES:
+        assert duck[view], f"{view} is empty: the comparison would prove nothing"
+        assert pg[view] == duck[view], view

@@ -66,3 +66,18 @@ RETURNS interval LANGUAGE sql IMMUTABLE AS 'SELECT $1 * interval ''1 microsecond
 CREATE OR REPLACE FUNCTION to_milliseconds(double precision)
 RETURNS interval LANGUAGE sql IMMUTABLE AS 'SELECT $1 * interval ''1 millisecond''';
 """
+
+# The analytics views' arithmetic (views.py).
+POSTGRES_FUNCTIONS += r"""
+-- money_div(num, den): num / den rounded half away from zero to 6 places, exactly (DuckDB's
+-- money_div macro does the same long division on 18-place integers); NULL when den is 0.
+CREATE OR REPLACE FUNCTION money_div(numeric, numeric)
+RETURNS numeric LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN $1 IS NULL OR $2 IS NULL OR $2 = 0 THEN NULL ELSE CAST(
+        sign($1) * sign($2)
+        * (div(abs($1) * 1000000, abs($2))
+           + CASE WHEN 2 * mod(abs($1) * 1000000, abs($2)) >= abs($2) THEN 1 ELSE 0 END)
+        * 0.000001 AS numeric(38,6)) END
+$$;
+
+"""

@@ -5,7 +5,10 @@ place and running the list twice is a no-op. Never edit an applied entry: append
 Views are rebuilt from `views.py` by a migration; when a view changes, append a migration that
 calls `create_views` again (in the same entry as any columns the new view needs), and make the
 previous views entry `_views_built_later`: today's views.py may need columns an older entry
-did not have yet.
+did not have yet. `create_views` drops the views before it builds them, so a view's columns
+may change. On Postgres a column a view reads cannot change type while the view exists: a
+later entry that alters such a column drops the views first (`DROP VIEW` in reverse `VIEWS`
+order) and calls `create_views` after. The same entries run on both engines (dialect.py).
 """
 
 from __future__ import annotations

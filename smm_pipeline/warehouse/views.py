@@ -56,8 +56,13 @@ day's total does not change later except by the charges of that day's orders. sp
 balance_runway divides the last 7 days' spend (spend_facts: a subscription's children by the
 time they were seen) by the days of order history they cover (days since the panel's first
 order, a started day counting as one: 1 to 7), so a panel used since yesterday is not shown a
-week of runway it has not earned. price_changes reads rates with
-TRY_CAST: a change value that is not a number gives NULL rates on its row instead of an error.
+week of runway it has not earned. price_changes reads a change's rates only when they are
+plain decimal numbers: another value gives NULL rates on its row instead of an error.
+
+The statements are the same on DuckDB and Postgres (warehouse/dialect.py): the median is
+`percentile_cont(0.5) WITHIN GROUP`, a panel's latest reading a `row_number()` subquery, and
+counts are divided as DOUBLE PRECISION. `money_div` is the macro below on DuckDB and a
+function with the same results on Postgres (dialect.py: exact NUMERIC `div` and `mod`).
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ from dataclasses import dataclass
 import duckdb
 
 from smm_pipeline.panel.statuses import FINISHED_REFILL_STATUSES, FINISHED_STATUSES
+from smm_pipeline.warehouse.postgres import is_postgres
 from smm_pipeline.warehouse.schema import MONEY_TYPE
 
 SUBSCRIPTION_TYPE = "Subscriptions"
@@ -101,11 +107,43 @@ CREATE OR REPLACE MACRO money_div(num, den) AS (
 )
 """
 
+# Each panel's currency: that of its latest balance reading that has one.
+PANEL_CURRENCY = """
+    SELECT panel, currency FROM (
+        SELECT panel, currency,
+               row_number() OVER (PARTITION BY panel ORDER BY fetched_at DESC) AS newest
+        FROM balances
+        WHERE currency IS NOT NULL
+    ) AS c
+    WHERE newest = 1
+"""
+
+
+def _money_or_null(column: str) -> str:
+    """The text `column` as money when it is a plain decimal number, else NULL (what DuckDB's
+    TRY_CAST did, in SQL Postgres accepts too)."""
+    return (
+        f"CASE WHEN trim({column}) ~ '^[+-]?([0-9]{{1,20}}([.][0-9]*)?|[.][0-9]+)$' "
+        f"THEN CAST(trim({column}) AS {MONEY_TYPE}) END"
+    )
+
+
+def _rounded(expr: str, places: int) -> str:
+    """The DOUBLE `expr` rounded half away from zero to `places`, in IEEE operations both
+    engines compute alike (their own round() of a double differs on halves: DuckDB rounds
+    0.15 to 0.1, Postgres to 0.2; this gives 0.2 on both)."""
+    scale = 10**places
+    return f"sign({expr}) * floor(abs({expr}) * {scale} + 0.5) / {scale}"
+
+
+def _ratio(num: str, den: str) -> str:
+    """A rate of two counts, 4 places (NULL when `den` is 0); counts divide as doubles."""
+    return _rounded(f"CAST({num} AS DOUBLE PRECISION) / nullif({den}, 0)", 4)
+
+
 ORDER_FACTS = f"""
-CREATE OR REPLACE VIEW order_facts AS
-WITH panel_currency AS (
-    SELECT panel, arg_max(currency, fetched_at) AS currency FROM balances GROUP BY panel
-),
+CREATE VIEW order_facts AS
+WITH panel_currency AS ({PANEL_CURRENCY}),
 first_start AS (
     SELECT panel, order_id, min(observed_at) AS started_at
     FROM order_status_history
@@ -187,7 +225,7 @@ FROM base
 
 # One row per amount of money, at the moment it counts (see the module docstring).
 SPEND_FACTS = f"""
-CREATE OR REPLACE VIEW spend_facts AS
+CREATE VIEW spend_facts AS
 SELECT
     panel,
     ref,
@@ -225,7 +263,7 @@ WHERE f.reached_panel AND (c.charge IS NOT NULL OR c.status IN ('Canceled', 'Ref
 """
 
 SPEND_DAILY = """
-CREATE OR REPLACE VIEW spend_daily AS
+CREATE VIEW spend_daily AS
 SELECT
     day,
     panel,
@@ -243,7 +281,7 @@ GROUP BY day, panel, currency, category, service_id, service_name, campaign
 """
 
 DELIVERY_BY_SERVICE = f"""
-CREATE OR REPLACE VIEW delivery_by_service AS
+CREATE VIEW delivery_by_service AS
 WITH per_service AS (
     SELECT
         panel,
@@ -260,8 +298,8 @@ WITH per_service AS (
         count(quantity) FILTER (WHERE service_type IS DISTINCT FROM '{SUBSCRIPTION_TYPE}')
             AS with_quantity,
         sum(delivered_quantity) AS delivered_quantity,
-        median(minutes_to_start) AS median_minutes_to_start,
-        median(minutes_to_finish) AS median_minutes_to_finish,
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY minutes_to_start) AS median_minutes_to_start,
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY minutes_to_finish) AS median_minutes_to_finish,
         sum(spend) FILTER (WHERE delivered_quantity IS NOT NULL) AS measured_charge
     FROM order_facts
     WHERE submit_state = 'submitted'
@@ -280,18 +318,16 @@ SELECT
     expired,
     finished,
     CASE WHEN with_quantity > 0 THEN COALESCE(delivered_quantity, 0) END AS delivered_quantity,
-    round((completed + expired) / nullif(finished, 0), 4) AS completion_rate,
-    round(median_minutes_to_start, 1) AS median_minutes_to_start,
-    round(median_minutes_to_finish, 1) AS median_minutes_to_finish,
+    {_ratio("completed + expired", "finished")} AS completion_rate,
+    {_rounded("median_minutes_to_start", 1)} AS median_minutes_to_start,
+    {_rounded("median_minutes_to_finish", 1)} AS median_minutes_to_finish,
     money_div(measured_charge * 1000, delivered_quantity) AS cost_per_1000_delivered
 FROM per_service
 """
 
 PROVIDER_SCORECARD = f"""
-CREATE OR REPLACE VIEW provider_scorecard AS
-WITH panel_currency AS (
-    SELECT panel, arg_max(currency, fetched_at) AS currency FROM balances GROUP BY panel
-),
+CREATE VIEW provider_scorecard AS
+WITH panel_currency AS ({PANEL_CURRENCY}),
 prices AS (
     SELECT
         panel,
@@ -313,7 +349,7 @@ order_stats AS (
         count(*) FILTER (WHERE finished) AS finished,
         count(*) FILTER (WHERE status IN ('Completed', 'Expired')) AS completed,
         count(*) FILTER (WHERE status = 'Partial') AS partial,
-        median(minutes_to_finish) AS median_minutes_to_finish
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY minutes_to_finish) AS median_minutes_to_finish
     FROM order_facts
     WHERE submit_state = 'submitted'
     GROUP BY panel, category
@@ -338,11 +374,11 @@ SELECT
     COALESCE(p.active_services, 0) AS active_services,
     COALESCE(o.orders, 0) AS orders,
     COALESCE(o.finished, 0) AS finished,
-    round(o.completed / nullif(o.finished, 0), 4) AS completion_rate,
-    round(o.partial / nullif(o.finished, 0), 4) AS partial_rate,
-    round(COALESCE(r.orders_refilled, 0) / nullif(o.finished, 0), 4) AS refill_rate,
-    round(r.refills_completed / nullif(r.refills_finished, 0), 4) AS refill_success,
-    round(o.median_minutes_to_finish, 1) AS median_minutes_to_finish
+    {_ratio("o.completed", "o.finished")} AS completion_rate,
+    {_ratio("o.partial", "o.finished")} AS partial_rate,
+    {_ratio("COALESCE(r.orders_refilled, 0)", "o.finished")} AS refill_rate,
+    {_ratio("r.refills_completed", "r.refills_finished")} AS refill_success,
+    {_rounded("o.median_minutes_to_finish", 1)} AS median_minutes_to_finish
 FROM prices AS p
 FULL JOIN order_stats AS o USING (panel, category)
 LEFT JOIN refill_stats AS r USING (panel, category)
@@ -350,14 +386,14 @@ LEFT JOIN panel_currency AS pc USING (panel)
 """
 
 PRICE_CHANGES = f"""
-CREATE OR REPLACE VIEW price_changes AS
+CREATE VIEW price_changes AS
 WITH rates AS (
     SELECT
         panel,
         service_id,
         changed_at,
-        TRY_CAST(old_value AS {MONEY_TYPE}) AS old_rate,
-        TRY_CAST(new_value AS {MONEY_TYPE}) AS new_rate
+        {_money_or_null("old_value")} AS old_rate,
+        {_money_or_null("new_value")} AS new_rate
     FROM service_changes
     WHERE field = 'rate'
 )
@@ -376,15 +412,19 @@ LEFT JOIN services AS s ON s.panel = r.panel AND s.service_id = r.service_id
 """
 
 BALANCE_RUNWAY = f"""
-CREATE OR REPLACE VIEW balance_runway AS
-WITH latest AS (
-    SELECT
-        panel,
-        max(fetched_at) AS fetched_at,
-        arg_max(balance, fetched_at) AS balance,
-        arg_max(currency, fetched_at) AS currency
-    FROM balances
-    GROUP BY panel
+CREATE VIEW balance_runway AS
+WITH latest_balance AS (
+    SELECT panel, fetched_at, balance FROM (
+        SELECT panel, fetched_at, balance,
+               row_number() OVER (PARTITION BY panel ORDER BY fetched_at DESC) AS newest
+        FROM balances
+    ) AS b
+    WHERE newest = 1
+),
+panel_currency AS ({PANEL_CURRENCY}),
+latest AS (
+    SELECT b.panel, b.fetched_at, b.balance, c.currency
+    FROM latest_balance AS b LEFT JOIN panel_currency AS c ON c.panel = b.panel
 ),
 history AS (
     SELECT
@@ -398,7 +438,7 @@ history AS (
 recent_spend AS (
     SELECT panel, currency, sum(spend) AS spend_7d
     FROM spend_facts
-    WHERE spent_at >= now() - INTERVAL {RUNWAY_DAYS} DAY
+    WHERE spent_at >= now() - INTERVAL '{RUNWAY_DAYS} days'
     GROUP BY panel, currency
 )
 SELECT
@@ -484,9 +524,15 @@ VIEW_NAMES = tuple(view.name for view in VIEWS)
 
 
 def create_views(conn: duckdb.DuckDBPyConnection) -> None:
-    """(Re)create the money macros and every analytics view, in dependency order."""
-    conn.execute(MONEY_UNITS)
-    conn.execute(MONEY_DIV)
+    """(Re)create every analytics view, in dependency order (on DuckDB first the money macros;
+    Postgres has them as functions from dialect.py). Existing views are dropped first, the
+    dependants before what they read, so a view whose columns changed is rebuilt on both
+    engines (Postgres's CREATE OR REPLACE VIEW cannot change columns)."""
+    if not is_postgres(conn):
+        conn.execute(MONEY_UNITS)
+        conn.execute(MONEY_DIV)
+    for view in reversed(VIEWS):
+        conn.execute(f"DROP VIEW IF EXISTS {view.name}")
     for view in VIEWS:
         conn.execute(view.statement)
 
