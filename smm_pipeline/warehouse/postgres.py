@@ -282,6 +282,17 @@ class PgConnection:
         with self.raw.cursor() as cursor:
             cursor.execute(f'DROP TABLE IF EXISTS "{name}"')
 
+    # A transaction, as DuckDB's connection spells it (the connection is in autocommit mode
+    # otherwise, so every other statement commits on its own).
+    def begin(self) -> None:
+        self.raw.execute("BEGIN")
+
+    def commit(self) -> None:
+        self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.raw.execute("ROLLBACK")
+
     def close(self) -> None:
         self.raw.close()
 
