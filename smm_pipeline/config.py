@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 from urllib.parse import urlsplit
 
 import yaml
@@ -38,6 +38,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from smm_pipeline.errors import SmmPipelineError
+
+if TYPE_CHECKING:
+    from smm_pipeline.warehouse.postgres import PostgresTarget
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_USER_AGENT = (
@@ -240,10 +243,16 @@ class Settings:
     data_dir: Path = PROJECT_ROOT / "data"
     duckdb_path: Path = PROJECT_ROOT / "data" / "warehouse.duckdb"
     source: Path | None = None
+    # The warehouse's Postgres (SMM_WAREHOUSE_URL), None while the warehouse is the DuckDB file.
+    warehouse_postgres: PostgresTarget | None = None
 
     @property
-    def budget_dir(self) -> Path:
-        """Where the panels' request budgets live, shared by every run process."""
+    def budget_dir(self) -> Path | PostgresTarget:
+        """Where the panels' request budgets live, shared by every run process: the warehouse's
+        Postgres when the warehouse is on Postgres (runs on every machine share it), else a
+        folder on this machine."""
+        if self.warehouse_postgres is not None:
+            return self.warehouse_postgres
         return self.data_dir / "panel_budget"
 
     @property
@@ -343,11 +352,12 @@ def parse_settings(
     env = os.environ if environ is None else environ
     if not isinstance(document, dict) or "panels" not in document:
         raise ConfigError(f"{source or 'panels.yaml'}: must contain a 'panels:' list")
+    warehouse_postgres = None
     if (env.get("SMM_WAREHOUSE_URL") or "").strip():
         # A bad URL fails at load like any setting (the URL itself is never echoed whole).
-        from smm_pipeline.warehouse.postgres import PostgresTarget
+        from smm_pipeline.warehouse.db import warehouse_location  # imports this module
 
-        PostgresTarget(env["SMM_WAREHOUSE_URL"].strip())
+        warehouse_postgres = warehouse_location(env)
     unknown = sorted(set(document) - {"panels", "pipeline"}, key=str)
     if unknown:
         raise ConfigError(f"{source or 'panels.yaml'}: unknown top-level field {unknown[0]}")
@@ -378,6 +388,7 @@ def parse_settings(
         data_dir=data_dir_from_env(env),
         duckdb_path=duckdb_path_from_env(env),
         source=source,
+        warehouse_postgres=warehouse_postgres,
     )
 
 

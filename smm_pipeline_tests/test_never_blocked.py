@@ -5,11 +5,12 @@ take only what submissions leave, and never pile up behind each other."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from smm_pipeline.lib.poll_requests import PANEL_TAG, POLL_ALL_TAG, due_metadata
 from smm_pipeline.operations.polling import poll_orders
 from smm_pipeline.panel.client import PanelClient
 from smm_pipeline.panel.errors import BudgetExhausted
-from smm_pipeline.panel.ratelimit import PanelBudget, Priority
+from smm_pipeline.panel.ratelimit import PanelBudget, Priority, close_postgres_budgets
 from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.postgres import PostgresTarget
 from smm_pipeline.warehouse.refills import record_in_flight
 from smm_pipeline.warehouse.status import Cadence
 from smm_pipeline_tests.conftest import KEY_ENV, TEST_KEY, make_pipeline, panel_yaml
@@ -32,45 +34,98 @@ from smm_pipeline_tests.dagster_helpers import look_twice, settle, tick
 
 ROOT = Path(__file__).resolve().parents[1]
 
+BUDGETS = ("folder", "postgres")
+
+
+@pytest.fixture(params=BUDGETS)
+def budget_at(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | PostgresTarget]:
+    """Where a panel's budget lives: a folder on this machine, or the suite's Postgres (a
+    fresh database), as for a warehouse on Postgres."""
+    if request.param == "folder":
+        yield tmp_path / "panel_budget"
+        return
+    target = PostgresTarget(request.getfixturevalue("postgres_database").url())
+    yield target
+    close_postgres_budgets(target)
+
+
+def _where(location: Path | PostgresTarget) -> str:
+    return location.url if isinstance(location, PostgresTarget) else str(location)
+
+
+# Worker processes of the budget tests: argv is the budget location (a folder or a URL), the
+# mode and its arguments; each says "ready" once its budget is open, then waits for a line.
 _BUDGET_WORKER = textwrap.dedent(
     """
-    import sys
+    import sys, time
     from pathlib import Path
     from smm_pipeline.config import PanelConfig, Secret
     from smm_pipeline.panel.client import PanelClient
+    from smm_pipeline.panel.ratelimit import PanelBudget, Priority, close_postgres_budgets
+    from smm_pipeline.warehouse.db import as_location
 
-    url, folder, n, key = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    config = PanelConfig(name="shared", url=url, key_env="K", rate_limit_per_minute=600,
-                         max_concurrency=2, timeout_seconds=10)
-    client = PanelClient(config, Secret(key), budget_dir=folder)
-    print("ready", flush=True)
-    sys.stdin.readline()  # both start together
-    results = [r for _, r in client.map_concurrent(lambda _: client.balance(), range(n))]
-    assert all(not isinstance(r, BaseException) for r in results), results
+    where, mode, args = as_location(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    if mode == "balances":  # n balance calls through a client, two at once
+        url, n, key = args[0], int(args[1]), args[2]
+        config = PanelConfig(name="shared", url=url, key_env="K", rate_limit_per_minute=600,
+                             max_concurrency=2, timeout_seconds=10)
+        client = PanelClient(config, Secret(key), budget_dir=where)
+        print("ready", flush=True)
+        sys.stdin.readline()  # both start together
+        results = [r for _, r in client.map_concurrent(lambda _: client.balance(), range(n))]
+        assert all(not isinstance(r, BaseException) for r in results), results
+    elif mode == "submit":  # submissions back to back until told to stop: how many
+        budget = PanelBudget("p", 120, 4, where)
+        budget.spent_last_minute()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        import threading
+        stop, sent = threading.Event(), [0]
+        def submit():
+            while not stop.is_set():
+                with budget.slot(Priority.SUBMIT):
+                    sent[0] += 1
+        thread = threading.Thread(target=submit)
+        thread.start()
+        print("started", flush=True)
+        sys.stdin.readline()
+        stop.set()
+        thread.join()
+        print(sent[0], flush=True)
+    elif mode == "hold":  # hold the panel's one slot until killed
+        budget = PanelBudget("p", 6000, 1, where)
+        with budget.slot(Priority.SUBMIT):
+            print("ready", flush=True)
+            time.sleep(120)
     """
 )
 
 
-def test_two_processes_share_one_panels_budget_as_counted_at_the_panel(tmp_path: Path) -> None:
+def _worker(where: Path | PostgresTarget, mode: str, *args: str) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-c", _BUDGET_WORKER, _where(where), mode, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def _say(process: subprocess.Popen, line: str = "go") -> None:
+    process.stdin.write(line + "\n")
+    process.stdin.flush()
+
+
+def test_two_processes_share_one_panels_budget_as_counted_at_the_panel(budget_at) -> None:
     """600 a minute is one request every 100 ms and two at once: two processes together
     stay within both, not twice them."""
     with running_simulator(keys=(TEST_KEY,), latency_ms=250) as sim:
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", _BUDGET_WORKER, sim.url, str(tmp_path), "15", TEST_KEY],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                cwd=ROOT,
-            )
-            for _ in range(2)
-        ]
-        for w in workers:
-            assert w.stdout.readline().strip() == "ready"
+        workers = [_worker(budget_at, "balances", sim.url, "15", TEST_KEY) for _ in range(2)]
         sim.reset_stats()
         for w in workers:
-            w.stdin.write("go\n")
-            w.stdin.flush()
+            _say(w)
         for w in workers:
             assert w.wait(60) == 0
         stats = sim.stats()
@@ -81,19 +136,12 @@ def test_two_processes_share_one_panels_budget_as_counted_at_the_panel(tmp_path:
     assert stats["max_calls_per_second"] <= 11
 
 
-def test_polls_wait_while_a_submission_waits_and_take_what_it_leaves(tmp_path: Path) -> None:
-    budget = PanelBudget("p", 120, 4, tmp_path)  # one request every 500 ms
-    stop = threading.Event()
-    submitted = []
-
-    def submitter() -> None:
-        while not stop.is_set():
-            with budget.slot(Priority.SUBMIT):
-                submitted.append(time.monotonic())
-
-    thread = threading.Thread(target=submitter)
-    thread.start()
+def test_polls_wait_while_another_process_submits_and_take_what_it_leaves(budget_at) -> None:
+    submitter = _worker(budget_at, "submit")  # 120 a minute: two a second
+    budget = PanelBudget("p", 120, 4, budget_at)
     try:
+        _say(submitter)
+        assert submitter.stdout.readline().strip() == "started"
         time.sleep(0.2)
         with (
             pytest.raises(BudgetExhausted, match="no request budget left for polls"),
@@ -101,12 +149,55 @@ def test_polls_wait_while_a_submission_waits_and_take_what_it_leaves(tmp_path: P
         ):
             pass
     finally:
-        stop.set()
-        thread.join()
-    assert len(submitted) >= 3  # the submission went on at its pace meanwhile
+        _say(submitter, "stop")
+        submitted = int(submitter.stdout.readline())
+        assert submitter.wait(10) == 0
+    assert submitted >= 3  # the submission went on at its pace meanwhile
     with budget.slot(Priority.POLL, wait=2.0):  # once it stops, the poll gets its request
         pass
-    assert budget.spent_last_minute() == len(submitted) + 1
+    assert budget.spent_last_minute() == submitted + 1
+
+
+def test_a_429_holds_back_every_holder_of_the_budget(budget_at) -> None:
+    """Two handles of one budget (as two processes have): the back-off one of them heard
+    holds the other's requests, and a poll that cannot wait that long gives up at once."""
+    heard, other = PanelBudget("p", 6000, 2, budget_at), PanelBudget("p", 6000, 2, budget_at)
+    heard.back_off(1.0)
+    started = time.monotonic()
+    with pytest.raises(BudgetExhausted), other.slot(Priority.POLL, wait=0.3):
+        pass
+    assert time.monotonic() - started < 0.25  # not waited out: it could not be met
+    with other.slot():
+        waited = time.monotonic() - started
+    assert 0.9 <= waited < 1.6, waited
+
+
+def test_a_poll_waits_at_most_its_bound_then_gives_up_having_sent_nothing(budget_at) -> None:
+    budget = PanelBudget("p", 1, 1, budget_at)  # one request a minute
+    with budget.slot():
+        pass
+    started = time.monotonic()
+    with pytest.raises(BudgetExhausted), budget.slot(Priority.POLL, wait=0.3):
+        pytest.fail("a poll ran with no budget left")
+    assert 0.3 <= time.monotonic() - started < 0.8
+    assert budget.spent_last_minute() == 1
+
+
+def test_a_killed_process_gives_its_slot_back(budget_at) -> None:
+    """SIGKILL runs no cleanup: the slot is freed by the kernel (a folder's flock) or by the
+    database server, which ends the session and its advisory locks (Postgres)."""
+    holder = _worker(budget_at, "hold")  # holds the one slot
+    budget = PanelBudget("p", 6000, 1, budget_at)
+    try:
+        with pytest.raises(BudgetExhausted), budget.slot(wait=0.3):
+            pytest.fail("two requests in flight with a cap of one")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    started = time.monotonic()
+    with budget.slot(wait=5.0):
+        freed = time.monotonic() - started
+    assert freed < 1.0, freed
 
 
 def _orders_on_panel(db: Path, client: PanelClient, n: int) -> list[int]:

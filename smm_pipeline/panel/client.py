@@ -1,7 +1,8 @@
 """The API v2 client: one `PanelClient` per panel, thread-safe, sync.
 
 Every request goes through the panel's budget (rate and concurrency cap, `panel/ratelimit.py`),
-shared with every process that uses the same budget folder; a client made for polls
+shared with every process that uses the same budget location (`budget_dir`: a folder on this
+machine, or the warehouse's Postgres for every machine); a client made for polls
 (`priority=Priority.POLL`) takes only what submissions leave, and gives up after `budget_wait`.
 Read-only actions retry with exponential backoff and jitter, honouring Retry-After (on 429 and
 on any 5xx that carries it); a 3xx or 4xx answer to a read is an error, not retried.
@@ -28,8 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -54,6 +54,9 @@ from smm_pipeline.panel.models import (
     Service,
 )
 from smm_pipeline.panel.ratelimit import PanelBudget, Priority, budget_for
+
+if TYPE_CHECKING:
+    from smm_pipeline.panel.ratelimit import BudgetLocation
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ class PanelClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         backoff_base: float = 0.5,
-        budget_dir: Path | None = None,
+        budget_dir: BudgetLocation | None = None,
         priority: Priority = Priority.SUBMIT,
         budget_wait: float | None = None,
     ) -> None:
