@@ -19,7 +19,7 @@ import duckdb
 import pytest
 
 from smm_devkit.simulator.testing import running_simulator
-from smm_pipeline.config import PanelConfig, Secret
+from smm_pipeline.config import PanelConfig, Secret, parse_settings
 from smm_pipeline.lib.poll_requests import PANEL_TAG, POLL_ALL_TAG, due_metadata
 from smm_pipeline.operations.polling import poll_orders
 from smm_pipeline.panel.client import PanelClient
@@ -118,6 +118,19 @@ def _say(process: subprocess.Popen, line: str = "go") -> None:
     process.stdin.flush()
 
 
+def test_the_budget_lives_in_the_warehouses_postgres_else_in_the_data_folder(tmp_path) -> None:
+    document = {"panels": [{"name": "a", "url": "http://127.0.0.1:9/api/v2", "key_env": "K"}]}
+    url = "postgresql://u:secret@db.example:5432/smm"
+    env = {"SMM_DATA_DIR": str(tmp_path)}
+    on_duckdb = parse_settings(document, environ=env, check_keys=False)
+    on_postgres = parse_settings(
+        document, environ={**env, "SMM_WAREHOUSE_URL": url}, check_keys=False
+    )
+    assert on_duckdb.budget_dir == tmp_path / "panel_budget"
+    assert on_postgres.budget_dir == PostgresTarget(url)
+    assert "secret" not in repr(on_postgres)
+
+
 def test_two_processes_share_one_panels_budget_as_counted_at_the_panel(budget_at) -> None:
     """600 a minute is one request every 100 ms and two at once: two processes together
     stay within both, not twice them."""
@@ -162,6 +175,8 @@ def test_a_429_holds_back_every_holder_of_the_budget(budget_at) -> None:
     """Two handles of one budget (as two processes have): the back-off one of them heard
     holds the other's requests, and a poll that cannot wait that long gives up at once."""
     heard, other = PanelBudget("p", 6000, 2, budget_at), PanelBudget("p", 6000, 2, budget_at)
+    assert str(budget_at) in repr(heard)  # on Postgres: the URL with its password starred out
+    assert not isinstance(budget_at, PostgresTarget) or budget_at.url not in repr(heard)
     heard.back_off(1.0)
     started = time.monotonic()
     with pytest.raises(BudgetExhausted), other.slot(Priority.POLL, wait=0.3):

@@ -392,7 +392,10 @@ _PG_OPTIONS = (
     f"-c TimeZone=UTC -c search_path={PG_SCHEMA} "
     # Keepalive probes from the server's side: a session whose machine vanished (no FIN) is
     # dropped within about a minute, and with it the slots that machine held.
-    "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+    "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3 "
+    # A rate transaction lasts milliseconds; one left open (a process stopped mid-way) would
+    # hold every other process's takes: the server ends that session instead.
+    "-c idle_in_transaction_session_timeout=30s"
 )
 
 _PG_SETUP = f"""
@@ -497,10 +500,9 @@ class _PgSession:
                     self._conn = self._open(psycopg)
                     self._generation += 1
                 yield self._conn, self._generation
-            except psycopg.OperationalError as exc:  # the connection is gone, and its locks
-                self._close()
-                raise self.error(exc) from None
             except psycopg.Error as exc:
+                if self._conn is not None and self._conn.closed:
+                    self._conn = None  # it broke, and its locks went with it: a new one next
                 raise self.error(exc) from None
 
     def value(self, sql: str, params: list[Any]) -> tuple[Any, int]:
@@ -528,9 +530,13 @@ class _PgSession:
             application_name="smm_pipeline panel budget",
         )
         if not self._set_up:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", [_PG_SETUP_LOCK])
-                conn.execute(_PG_SETUP)
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", [_PG_SETUP_LOCK])
+                    conn.execute(_PG_SETUP)
+            except BaseException:
+                conn.close()
+                raise
             self._set_up = True
         return conn
 
@@ -594,13 +600,13 @@ class _PgAnnounced:
                     )
 
     def anyone_waiting(self) -> bool:
-        with self._mutex:
+        with self._mutex:  # so no submission of this process starts waiting meanwhile
             if self._count:
                 return True
-        waits, _ = self._session.value(
-            f"SELECT {PG_SCHEMA}.submission_waits(%s::int4)", [self._key]
-        )
-        return bool(waits)
+            waits, _ = self._session.value(
+                f"SELECT {PG_SCHEMA}.submission_waits(%s::int4)", [self._key]
+            )
+            return bool(waits)
 
 
 _PgBucket: type | None = None
