@@ -183,14 +183,14 @@ def test_a_refusal_text_that_is_not_valid_unicode_can_be_journaled_and_recorded(
     failed there would have left the batch waiting for its answer)."""
     from smm_pipeline.operations.submission import outcome_of
     from smm_pipeline.panel.errors import APIError
-    from smm_pipeline.warehouse.journal import AnswerJournal, journal_dir
+    from smm_pipeline.warehouse.journal import AnswerJournal, journal_location
     from smm_pipeline.warehouse.orders import mark_sending, record_outcomes, record_pending
     from smm_pipeline_tests.test_submission import outbox
 
     outcome = outcome_of("p", "p-0", APIError(json.loads('"bad \\ud800 text"'), panel="p"))
     assert outcome.error == "bad \\ud800 text"
     db = tmp_path / "w.duckdb"
-    journal = AnswerJournal(journal_dir(db))
+    journal = AnswerJournal(journal_location(db))
     journal.answered(outcome.to_json())
     with connect(db) as conn:
         record_pending(conn, outbox("p", 1), datetime.now(UTC))
@@ -205,12 +205,12 @@ def test_a_journal_with_an_unreadable_line_before_its_end_proves_no_row_unsent(t
     """Only the last line of a dead journal may be cut (its `send` never completed, so its row
     never left). A damaged line earlier could have been any row's `send`: every unanswered row
     of that claim is ambiguous, none goes back to pending."""
-    from smm_pipeline.warehouse.journal import journal_dir
+    from smm_pipeline.warehouse.journal import journal_location
     from smm_pipeline.warehouse.orders import mark_sending, record_pending, settle_dead_claims
     from smm_pipeline_tests.test_submission import outbox
 
     db = tmp_path / "w.duckdb"
-    folder = journal_dir(db)
+    folder = journal_location(db)
     folder.mkdir()
     with connect(db) as conn:
         record_pending(conn, outbox("p", 3), datetime.now(UTC))

@@ -55,7 +55,7 @@ from smm_pipeline.panel.errors import (
 )
 from smm_pipeline.panel.ratelimit import Priority, poll_limit
 from smm_pipeline.warehouse.db import Location, connect
-from smm_pipeline.warehouse.journal import AnswerJournal, journal_dir
+from smm_pipeline.warehouse.journal import AnswerJournal, journal_location
 from smm_pipeline.warehouse.orders import (
     Settled,
     SubmitOutcome,
@@ -541,7 +541,7 @@ class _Dispatcher:
 def settle_interrupted(location: Location, progress: Callable[[str], None]) -> Settled:
     """Settle what dead submitting processes left `sending` (see journal.py)."""
     with connect(location) as conn:
-        settled = settle_dead_claims(conn, journal_dir(location))
+        settled = settle_dead_claims(conn, journal_location(location))
     if settled.rows:
         progress(
             f"an earlier run stopped mid-send: {settled.answered} answers it had received "
@@ -572,7 +572,7 @@ def submit_rows(
     _require_clients(rows, clients)
     report.total = sum(len(r) for r in rows.values())
     calls_before = sum(c.total_calls for c in clients.values())
-    journal = AnswerJournal(journal_dir(location))
+    journal = AnswerJournal(journal_location(location))
     answers: queue.Queue[_Answer] = queue.Queue()
     abort = threading.Event()
     batches = [

@@ -16,14 +16,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import duckdb
 import pandas as pd
 
 from smm_pipeline.money import format_money
-from smm_pipeline.warehouse.journal import dead_claims, journal_ids
+from smm_pipeline.warehouse.journal import JournalLocation, dead_claims, journal_ids
+from smm_pipeline.warehouse.postgres import is_postgres
 from smm_pipeline.warehouse.timestamps import require_aware
 
 # A ref in one of these states may be sent again by a later file: it never reached the panel.
@@ -179,13 +179,21 @@ def mark_sending(
     `pending` (another process claimed it, an operator resolved it) is not returned."""
     if not refs:
         return set()
+    # Postgres: several workers may claim from one panel's outbox at once; a row another
+    # worker's claim has locked is skipped (it is becoming theirs), not waited for. DuckDB has
+    # no row locks and needs none: one process at a time writes the file (db.py's gate).
+    skip_locked = " FOR UPDATE SKIP LOCKED" if is_postgres(conn) else ""
     rows = conn.execute(
-        """
+        f"""
         UPDATE orders SET submit_state = 'sending', claim_id = ?
-        WHERE panel = ? AND submit_state = 'pending' AND ref IN (SELECT unnest(?))
+        WHERE panel = ? AND submit_state = 'pending' AND ref IN (
+            SELECT ref FROM orders
+            WHERE panel = ? AND submit_state = 'pending' AND ref IN (SELECT unnest(?))
+            {skip_locked}
+        )
         RETURNING ref
         """,
-        [claim_id, panel, list(refs)],
+        [claim_id, panel, panel, list(refs)],
     ).fetchall()
     return {r[0] for r in rows}
 
@@ -249,7 +257,7 @@ def _one_row_per_order_id(
             """
             SELECT o.panel, o.order_id, min(o.ref) FROM orders o
             JOIN _answered a ON o.panel = a.panel AND o.order_id = a.order_id AND o.ref <> a.ref
-            GROUP BY ALL
+            GROUP BY o.panel, o.order_id
             """
         ).fetchall()
     finally:
@@ -324,7 +332,7 @@ class Settled:
         return self.answered + self.ambiguous + self.released
 
 
-def settle_dead_claims(conn: duckdb.DuckDBPyConnection, directory: Path) -> Settled:
+def settle_dead_claims(conn: duckdb.DuckDBPyConnection, directory: JournalLocation) -> Settled:
     """Settle every `sending` row whose claiming process is gone (journal.py): its journaled
     answer is recorded, a request in flight becomes ambiguous, a row never sent is pending
     again. A `sending` row whose claim has no journal at all (written before journals, or a

@@ -310,7 +310,9 @@ def _param(value: Any) -> Any:
     return _python(value)
 
 
-def _connect_raw(target: PostgresTarget):
+def connect_raw(target: PostgresTarget):
+    """A psycopg connection to the warehouse (autocommit, UTC, strings as text), without the
+    DuckDB-like surface: for the journal and other companions that hold their own."""
     try:
         import psycopg
     except ImportError as exc:  # the `postgres` extra is not installed
@@ -353,7 +355,7 @@ def _empty_list_dumper(psycopg: Any) -> type:
 @contextmanager
 def pg_connect(target: PostgresTarget) -> Iterator[PgConnection]:
     """A short connection to the Postgres warehouse, closed on exit."""
-    conn = PgConnection(_connect_raw(target))
+    conn = PgConnection(connect_raw(target))
     try:
         yield conn
     finally:

@@ -12,7 +12,7 @@ import dagster as dg
 from smm_pipeline.lib.metadata import frame_preview
 from smm_pipeline.lib.poll_requests import ORDERS_KEY
 from smm_pipeline.lib.resources import PanelsResource, WarehouseResource
-from smm_pipeline.warehouse.journal import journal_dir, live_claim_ids
+from smm_pipeline.warehouse.journal import journal_location, live_claim_ids
 from smm_pipeline.warehouse.monitoring import (
     STALE_PENDING_MINUTES,
     ambiguous_submissions,
@@ -79,7 +79,7 @@ def order_checks(
                 _result(
                     "ambiguous_submissions",
                     ambiguous_submissions(
-                        conn, live_claims=live_claim_ids(journal_dir(warehouse.location))
+                        conn, live_claims=live_claim_ids(journal_location(warehouse.location))
                     ),
                     "no request with an unknown outcome",
                     "{n} request(s) with an unknown outcome: ambiguous orders: check each on the "
