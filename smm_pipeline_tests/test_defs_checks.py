@@ -35,7 +35,9 @@ def _order(conn, ref: str, state: str, created: datetime, order_id=None, **field
 
 
 @pytest.fixture
-def warehouse(pipeline):
+def checked(engine_pipeline):
+    """A pipeline (on each engine) whose warehouse holds a row of every kind the checks list."""
+    pipeline = engine_pipeline
     stale = NOW - timedelta(minutes=STALE_PENDING_MINUTES + 5)
     with connect(pipeline.db_path) as conn:
         _insert(
@@ -59,11 +61,11 @@ def warehouse(pipeline):
         for order_id in (1, 4):  # 4 finished since: its status says what happened
             _insert(conn, "cancels", panel="sim", order_id=order_id, requested_at=OLD,
                     result="ambiguous", error="no answer")  # fmt: skip
-    return pipeline.db_path
+    return pipeline
 
 
-def test_every_request_with_an_unknown_outcome_is_listed(warehouse) -> None:
-    with connect(warehouse) as conn:
+def test_every_request_with_an_unknown_outcome_is_listed(checked) -> None:
+    with connect(checked.db_path) as conn:
         listed = ambiguous_submissions(conn)
     assert list(zip(listed["kind"], listed["state"], listed["ref"], strict=True)) == [
         ("order", "pending", "stale"),
@@ -74,16 +76,16 @@ def test_every_request_with_an_unknown_outcome_is_listed(warehouse) -> None:
     ]
 
 
-def test_subscriptions_are_not_stuck_and_expired_ones_are_finished(warehouse) -> None:
-    with connect(warehouse) as conn:
+def test_subscriptions_are_not_stuck_and_expired_ones_are_finished(checked) -> None:
+    with connect(checked.db_path) as conn:
         assert list(stuck_orders(conn, 72)["ref"]) == ["old"]
         assert list(orders_on_vanished_services(conn)["ref"]) == ["old", "sub"]
 
 
-def test_the_check_fails_with_the_listing(pipeline, warehouse) -> None:
+def test_the_check_fails_with_the_listing(checked) -> None:
     with dg.instance_for_test() as instance:
         result = (
-            pipeline.defs()
+            checked.defs()
             .resolve_job_def("check_orders")
             .execute_in_process(instance=instance, raise_on_error=False)
         )

@@ -23,6 +23,7 @@ from smm_pipeline.operations.polling import observations_frame, poll_orders
 from smm_pipeline.operations.submission import submit_file
 from smm_pipeline.panel.models import OrderStatus
 from smm_pipeline.warehouse import connect
+from smm_pipeline.warehouse.db import Location
 from smm_pipeline.warehouse.migrations import MIGRATIONS, apply_migrations
 from smm_pipeline.warehouse.schema import MONEY_TYPE
 from smm_pipeline.warehouse.status import (
@@ -52,7 +53,7 @@ def _place(pipeline, content: str) -> dict[str, int]:
 
 
 def _query(pipeline, sql: str, params: list | None = None) -> list[tuple]:
-    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+    with connect(pipeline.db_path, read_only=True) as con:
         return con.execute(sql, params or []).fetchall()
 
 
@@ -191,8 +192,9 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture()
-def conn(tmp_path: Path):
-    with connect(tmp_path / "w.duckdb") as c:
+def conn(warehouse: Location):
+    """The warehouse rules on both engines: a DuckDB file, then a Postgres database."""
+    with connect(warehouse) as c:
         yield c
 
 

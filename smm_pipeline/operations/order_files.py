@@ -67,6 +67,7 @@ from smm_pipeline.warehouse.orders import (
     existing_refs,
     existing_refs_of,
     file_rows,
+    hold_intake,
     record_pending,
     reserved_spend,
 )
@@ -415,6 +416,7 @@ def prepare_order_file(
     rows = result.rows
     errors = [e for e in result.errors if e.column != "batch"]
     with connect(location) as conn:
+        hold_intake(conn)  # the refs and budget checked, and the rows recorded, as one
         if not recorded_balances:
             _record_balances(conn, fetched)
         if errors:

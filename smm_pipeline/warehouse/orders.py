@@ -135,6 +135,19 @@ def pending_rows(conn: duckdb.DuckDBPyConnection, file_hash: str) -> pd.DataFram
     return pd.DataFrame(rows, columns=PENDING_COLUMNS, dtype=object)
 
 
+INTAKE_LOCK = 7240003  # pg_advisory_lock: one order file's budget check and outbox insert
+
+
+def hold_intake(conn: duckdb.DuckDBPyConnection) -> None:
+    """Until this (short) connection closes, no other order file checks its budget or
+    records its rows: two files read the same reserved spend and balance otherwise, and both
+    could be accepted beyond the money. On Postgres a session advisory lock (the server drops
+    it with the connection, a dead process's too); on DuckDB the gate (db.py) already lets one
+    process at a time hold the file."""
+    if is_postgres(conn):
+        conn.execute("SELECT pg_advisory_lock(?)", [INTAKE_LOCK])
+
+
 def reserved_spend(
     conn: duckdb.DuckDBPyConnection, exclude_file_hash: str, balance_read_at: datetime
 ) -> dict[str, Decimal]:
