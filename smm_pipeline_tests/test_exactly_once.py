@@ -1,6 +1,7 @@
 """Exactly once across files and runs, through the operations layer against the simulator and
-a real DuckDB file: budgets held across files, the estimate's currency, one row per panel order
-id, a batch that stops at an answer that is not the API, and pending rows of a filed file."""
+a real warehouse on each engine (a DuckDB file, then a Postgres database): budgets held across
+files, the estimate's currency, one row per panel order id, a batch that stops at an answer
+that is not the API, and pending rows of a filed file."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import duckdb
 import pytest
 
 from smm_pipeline.intake.csv_files import file_hash
@@ -19,7 +19,7 @@ from smm_pipeline.operations.resolution import Resolution, resolve_ambiguous
 from smm_pipeline.operations.submission import submit_file
 from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.orders import resolve_rows
-from smm_pipeline_tests.conftest import make_pipeline, panel_yaml
+from smm_pipeline_tests.conftest import ENGINES, engine_location, make_pipeline, panel_yaml
 
 HEADER = "service,link,quantity,ref\n"
 
@@ -30,9 +30,10 @@ def order_file(prefix: str, n: int, quantity: int = 1000) -> str:
     )
 
 
-@pytest.fixture
-def one_at_a_time(tmp_path, monkeypatch, sim):
-    """One request in flight at a time, so the order of answers is the file's."""
+@pytest.fixture(params=ENGINES)
+def one_at_a_time(request, tmp_path, monkeypatch, sim):
+    """One request in flight at a time, so the order of answers is the file's; on each
+    engine."""
     return make_pipeline(
         tmp_path,
         monkeypatch,
@@ -41,6 +42,7 @@ def one_at_a_time(tmp_path, monkeypatch, sim):
                 "sim", sim.url, rate_limit_per_minute=60000, max_concurrency=1, timeout_seconds=5
             )
         ],  # fmt: skip
+        warehouse=engine_location(request, request.param, tmp_path),
     )
 
 
@@ -65,11 +67,12 @@ def run_file(pipeline, name: str, content: str):
 
 
 def query(pipeline, sql: str) -> list[tuple]:
-    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+    with connect(pipeline.db_path, read_only=True) as con:
         return con.execute(sql).fetchall()
 
 
-def test_two_files_validated_back_to_back_never_exceed_the_balance(pipeline, sim):
+def test_two_files_validated_back_to_back_never_exceed_the_balance(engine_pipeline, sim):
+    pipeline = engine_pipeline
     first = prepare(pipeline, "first.csv", order_file("f", 3))  # recorded, not sent yet
     cost = first.estimated_spend
     sim.set_balance(cost * 2 - Decimal("0.01"))  # room for the first file and not quite two
@@ -81,7 +84,8 @@ def test_two_files_validated_back_to_back_never_exceed_the_balance(pipeline, sim
     assert prepare(pipeline, "second-again.csv", order_file("s", 3)).to_submit == 3
 
 
-def test_a_balance_in_another_currency_than_the_prices_refuses_the_file(pipeline, sim):
+def test_a_balance_in_another_currency_than_the_prices_refuses_the_file(engine_pipeline, sim):
+    pipeline = engine_pipeline
     run_file(pipeline, "usd.csv", order_file("u", 1))
     sim.set_balance("500", currency="EUR")
     with pytest.raises(FileRejected) as rejected:
@@ -143,7 +147,8 @@ def test_an_answer_that_is_not_the_api_stops_the_batch_and_a_redrop_sends_the_re
     assert sorted(o["link"] for o in sim.orders()) == [f"https://x.com/b{i}" for i in range(1, 5)]
 
 
-def test_pending_rows_of_a_filed_file_are_sent_by_its_rerun_and_by_a_resubmit(pipeline, sim):
+def test_pending_rows_of_a_filed_file_are_sent_by_its_rerun_and_by_a_resubmit(engine_pipeline, sim):
+    pipeline = engine_pipeline
     sim.configure(outcome_weights={"Completed": 1})
     content = order_file("p", 3)
     run_file(pipeline, "filed.csv", content)
@@ -177,7 +182,7 @@ def test_pending_rows_of_a_filed_file_are_sent_by_its_rerun_and_by_a_resubmit(pi
     assert states == {"p-0": "submitted", "p-1": "submitted", "p-2": "submitted"}
 
 
-def test_a_refusal_text_that_is_not_valid_unicode_can_be_journaled_and_recorded(tmp_path):
+def test_a_refusal_text_that_is_not_valid_unicode_can_be_journaled_and_recorded(warehouse):
     """A lone surrogate in the panel's JSON ("\\ud800" decodes to one) cannot be written as
     UTF-8: the outcome keeps it escaped, so the journal and DuckDB take it (a worker that
     failed there would have left the batch waiting for its answer)."""
@@ -189,7 +194,7 @@ def test_a_refusal_text_that_is_not_valid_unicode_can_be_journaled_and_recorded(
 
     outcome = outcome_of("p", "p-0", APIError(json.loads('"bad \\ud800 text"'), panel="p"))
     assert outcome.error == "bad \\ud800 text"
-    db = tmp_path / "w.duckdb"
+    db = warehouse
     journal = AnswerJournal(journal_location(db))
     journal.answered(outcome.to_json())
     with connect(db) as conn:

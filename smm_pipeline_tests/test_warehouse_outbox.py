@@ -1,15 +1,15 @@
 """The outbox's reads are exact (Decimal money, int order ids even beside NULLs), and a failed
-ref is put back to pending under its new file while other states are left alone."""
+ref is put back to pending under its new file while other states are left alone: on both
+engines (a DuckDB file, then a Postgres database)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pandas as pd
 
-from smm_pipeline.warehouse.db import connect
+from smm_pipeline.warehouse.db import Location, connect
 from smm_pipeline.warehouse.orders import (
     SubmitOutcome,
     file_rows,
@@ -43,8 +43,8 @@ def outbox(refs: list[str], file_name: str, file_hash: str) -> pd.DataFrame:
     )
 
 
-def test_reads_are_exact_and_failed_refs_go_back_to_pending(tmp_path: Path):
-    db = tmp_path / "w.duckdb"
+def test_reads_are_exact_and_failed_refs_go_back_to_pending(warehouse: Location):
+    db = warehouse
     now = datetime.now(UTC)
     with connect(db) as conn:
         record_pending(conn, outbox(["a", "b", "c"], "one.csv", "h1"), now)
@@ -75,10 +75,10 @@ def test_reads_are_exact_and_failed_refs_go_back_to_pending(tmp_path: Path):
         assert conn.execute("SELECT count(*) FROM orders").fetchall() == [(3,)]
 
 
-def test_a_claim_returns_only_the_rows_it_flagged(tmp_path: Path):
+def test_a_claim_returns_only_the_rows_it_flagged(warehouse: Location):
     """Only rows this claim moved from pending to sending may be sent: a row another run
     claimed first, or one already answered, is not returned a second time."""
-    with connect(tmp_path / "w.duckdb") as conn:
+    with connect(warehouse) as conn:
         record_pending(conn, outbox(["a", "b", "c"], "one.csv", "h1"), datetime.now(UTC))
         assert mark_sending(conn, "sim", ["a"], "c1") == {"a"}
         assert mark_sending(conn, "sim", ["a", "b", "zz"], "c2") == {"b"}
