@@ -1,4 +1,6 @@
-"""Status polling: poll_order_statuses and order_status_sensor against the simulator."""
+"""Status polling: poll_order_statuses and order_status_sensor against the simulator; the
+polls themselves (changes, history, 100 ids a call, spelling variants, cadence, a disabled
+panel) on both engines, a DuckDB file and a Postgres database."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from smm_pipeline.warehouse.db import connect
 from smm_pipeline.warehouse.snapshot import replica_path
 from smm_pipeline_tests.conftest import panel_yaml
 from smm_pipeline_tests.dagster_helpers import drop_and_run, event_texts, tick
@@ -23,7 +26,7 @@ def submit(pipeline, instance, n: int, service: int = 1, quantity: int = 100) ->
     rows = "".join(f"{service},https://x.com/o{i},{quantity},o-{i}\n" for i in range(n))
     result = drop_and_run(pipeline, instance, f"o{n}.csv", "service,link,quantity,ref\n" + rows)
     assert result.success, event_texts(result)
-    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+    with connect(pipeline.db_path, read_only=True) as con:
         return [
             r[0] for r in con.execute("SELECT order_id FROM orders ORDER BY row_number").fetchall()
         ]
@@ -51,7 +54,7 @@ def run_logs(instance, result: dg.ExecuteInProcessResult) -> str:
 
 
 def order_rows(pipeline):
-    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+    with connect(pipeline.db_path, read_only=True) as con:
         return {
             r[0]: r[1:]
             for r in con.execute(
@@ -62,7 +65,7 @@ def order_rows(pipeline):
 
 
 def history(pipeline, order_id: int) -> list[tuple]:
-    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+    with connect(pipeline.db_path, read_only=True) as con:
         return con.execute(
             "SELECT status, charge, remains FROM order_status_history WHERE order_id = ? "
             "ORDER BY observed_at",
@@ -70,7 +73,10 @@ def history(pipeline, order_id: int) -> list[tuple]:
         ).fetchall()
 
 
-def test_orders_progress_and_duckdb_follows_with_history_on_change_only(pipeline, sim, instance):
+def test_orders_progress_and_the_warehouse_follows_with_history_on_change_only(
+    engine_pipeline, sim, instance
+):
+    pipeline = engine_pipeline
     done, partial, canceled = submit(pipeline, instance, 3)
     first = poll(pipeline, instance)
     assert first.success
@@ -105,7 +111,8 @@ def test_finished_orders_are_never_polled_again(pipeline, sim, instance):
     assert sim.stats()["ids_per_call"]["status"] == [1]  # one call, for the one open order
 
 
-def test_250_active_orders_take_exactly_3_status_calls(pipeline, sim, instance):
+def test_250_active_orders_take_exactly_3_status_calls(engine_pipeline, sim, instance):
+    pipeline = engine_pipeline
     submit(pipeline, instance, 250, service=2, quantity=20)
     sim.reset_stats()
     result = poll(pipeline, instance)
@@ -115,7 +122,8 @@ def test_250_active_orders_take_exactly_3_status_calls(pipeline, sim, instance):
     assert sim.stats()["calls"]["status"] == 3
 
 
-def test_cadence_skips_orders_not_yet_due(pipeline, sim, instance):
+def test_cadence_skips_orders_not_yet_due(engine_pipeline, sim, instance):
+    pipeline = engine_pipeline
     submit(pipeline, instance, 5)
     assert output_metadata(poll(pipeline, instance))["polled"] == 5
     sim.reset_stats()
@@ -126,12 +134,13 @@ def test_cadence_skips_orders_not_yet_due(pipeline, sim, instance):
     assert sim.stats()["calls"].get("status", 0) == 0
 
 
-def test_spelling_variants_and_bare_string_item_errors(pipeline, sim, instance):
+def test_spelling_variants_and_bare_string_item_errors(engine_pipeline, sim, instance):
+    pipeline = engine_pipeline
     ids = submit(pipeline, instance, 2)
     sim.set_order(ids[0], status="Canceled")
     sim.configure(status_variants=True, bare_item_errors=True)
     # An id the panel does not know, recorded as if submitted (e.g. attached by mistake).
-    with duckdb.connect(str(pipeline.db_path)) as con:
+    with connect(pipeline.db_path) as con:
         con.execute("UPDATE orders SET order_id = 999999 WHERE order_id = ?", [ids[1]])
     result = poll(pipeline, instance, all_orders=True)
     assert result.success
@@ -164,7 +173,8 @@ def test_a_panel_that_stays_down_fails_the_run_visibly(pipeline, sim, instance):
     assert "status poll failed for sim" in event_texts(result)
 
 
-def test_status_sensor_requests_and_skip_reasons(pipeline, sim, instance):
+def test_status_sensor_requests_and_skip_reasons(engine_pipeline, sim, instance):
+    pipeline = engine_pipeline
     defs = pipeline.defs()
     assert "no orders recorded yet" in tick(defs, "order_status_sensor", instance).skip_message
     submit(pipeline, instance, 2)
@@ -180,7 +190,10 @@ def test_status_sensor_requests_and_skip_reasons(pipeline, sim, instance):
     assert "no unfinished orders" in tick(defs, "order_status_sensor", instance).skip_message
 
 
-def test_orders_of_a_disabled_panel_do_not_keep_the_sensor_launching_runs(pipeline, sim, instance):
+def test_orders_of_a_disabled_panel_do_not_keep_the_sensor_launching_runs(
+    engine_pipeline, sim, instance
+):
+    pipeline = engine_pipeline
     submit(pipeline, instance, 2)
     assert poll(pipeline, instance).success
     # The panel is switched off in panels.yaml (another one takes over) while its two orders
@@ -192,8 +205,8 @@ def test_orders_of_a_disabled_panel_do_not_keep_the_sensor_launching_runs(pipeli
         + panel_yaml("live", sim.url, rate_limit_per_minute=60000)
         + "\n"
     )
-    with duckdb.connect(str(pipeline.db_path)) as con:
-        con.execute("UPDATE orders SET next_poll_at = now() - INTERVAL 1 HOUR")
+    with connect(pipeline.db_path) as con:
+        con.execute("UPDATE orders SET next_poll_at = now() - INTERVAL '1 hour'")
     sim.reset_stats()
     result = poll(pipeline, instance)
     assert result.success

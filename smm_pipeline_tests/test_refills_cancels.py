@@ -1,5 +1,6 @@
 """Refill and cancel files, and refill-status polling: sensors → request_refills / cancel_orders
-/ poll_refill_statuses, against the simulator over loopback, into a real DuckDB file."""
+/ poll_refill_statuses, against the simulator over loopback, into a real DuckDB file; the
+end-to-end refill and cancel flows, chunked calls and ambiguous refills on Postgres too."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import textwrap
 from datetime import UTC, datetime
 
 import dagster as dg
-import duckdb
 import pytest
 
 from smm_pipeline.intake.csv_files import file_hash
@@ -69,7 +69,7 @@ def fast_pipeline(tmp_path, monkeypatch, sim):
 
 
 def query(pipeline, sql: str, params: list | None = None) -> list[tuple]:
-    with duckdb.connect(str(pipeline.db_path), read_only=True) as con:
+    with connect(pipeline.db_path, read_only=True) as con:
         return con.execute(sql, params or []).fetchall()
 
 
@@ -132,7 +132,8 @@ def run_poll(pipeline, instance, job: str, *, poll_all: bool) -> dg.ExecuteInPro
 # ------------------------------------------------------------------ refills
 
 
-def test_refills_end_to_end_with_per_row_refusals(pipeline, sim, instance):
+def test_refills_end_to_end_with_per_row_refusals(engine_pipeline, sim, instance):
+    pipeline = engine_pipeline
     ids = place_orders(
         pipeline,
         "orders.csv",
@@ -254,7 +255,8 @@ def test_refill_status_sensor_launches_due_polls_until_finished(fast_pipeline, s
     )
 
 
-def test_multi_chunk_refills_statuses_and_cancels(pipeline, sim, instance):
+def test_multi_chunk_refills_statuses_and_cancels(engine_pipeline, sim, instance):
+    pipeline = engine_pipeline
     """More than 100 orders in a file: calls of at most 100 ids, every id sent once."""
     done = [f"d{i}" for i in range(130)]
     still_open = [f"o{i}" for i in range(105)]
@@ -290,7 +292,8 @@ def test_multi_chunk_refills_statuses_and_cancels(pipeline, sim, instance):
     assert {o["status"] for o in sim.orders() if o["order"] in open_ids} == {"Canceled"}
 
 
-def test_ambiguous_refills_are_recorded_and_never_retried(pipeline, sim, instance):
+def test_ambiguous_refills_are_recorded_and_never_retried(engine_pipeline, sim, instance):
+    pipeline = engine_pipeline
     sim.configure(outcome_weights=ONLY_COMPLETED)
     ids = place_orders(pipeline, "o.csv", [(r, 1, 100) for r in ("a", "b", "c", "d")])
     sim.advance(3600)
@@ -362,7 +365,8 @@ def test_file_sensors_skip_and_a_bad_file_is_rejected_whole(pipeline, sim, insta
 # ------------------------------------------------------------------ cancels
 
 
-def test_cancels_end_to_end_with_per_row_refusals(pipeline, sim, instance):
+def test_cancels_end_to_end_with_per_row_refusals(engine_pipeline, sim, instance):
+    pipeline = engine_pipeline
     refs = [("open", 1), ("nocancel", 3), ("done", 2), ("amb", 16), ("refuse", 18)]
     ids = place_orders(pipeline, "orders.csv", [(ref, service, 100) for ref, service in refs])
     sim.set_order(ids["done"], status="Completed")
