@@ -1,7 +1,8 @@
 """`make demo` and the analytics notebook: the demo builds weeks of history through the real
 sensors and jobs, on a simulated clock, and prints every analytics view with rows; the notebook
 runs top to bottom on it, through the read-only replica, while another process holds the live
-warehouse."""
+warehouse; the same history moved into Postgres answers every view with the same numbers, and
+the notebook runs on it too."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from smm_devkit import demo as demo_module
 from smm_devkit.demo import ANALYTICS_VIEWS, PRINTED_ROWS, main, query_frame, read_views
 from smm_devkit.demo_clock import SimulatedNow, pipeline_clock, pipeline_modules
 from smm_pipeline.config import PROJECT_ROOT
+from smm_pipeline.warehouse.db import WarehouseError, connect
+from smm_pipeline.warehouse.postgres import PostgresTarget
+from smm_pipeline.warehouse.transfer import copy_to_postgres
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "analytics.ipynb"
 # The test plays 29 days (the default is 35): enough for a history of four weeks and more.
@@ -348,3 +352,63 @@ def test_query_frame_keeps_money_exact_without_the_warehouse_trailing_zeros(tmp_
     assert list(frame["amount"]) == [
         Decimal("1.05"), Decimal(10), Decimal("1E-18"), Decimal(0), Decimal("123456789012.5")
     ]  # fmt: skip
+
+
+# ------------------------------------------- the same history on Postgres (one more machine)
+
+
+@pytest.fixture(scope="module")
+def demo_on_postgres(demo, postgres_server):
+    """The demo's warehouse moved into a fresh Postgres database, as a reseller moves theirs
+    (python -m smm_pipeline.warehouse.transfer)."""
+    target = PostgresTarget(postgres_server.create_database("demo_moved").url())
+    copied = copy_to_postgres(demo.directory / "warehouse.duckdb", target, progress=lambda _: None)
+    return target, copied
+
+
+def _rows(frame) -> list[str]:
+    return sorted(repr(tuple(row)) for row in frame.itertuples(index=False))
+
+
+def test_a_moved_warehouse_answers_every_view_with_the_same_numbers(demo, demo_on_postgres):
+    target, copied = demo_on_postgres
+    with duckdb.connect(str(demo.replica), read_only=True) as conn:
+        for table, count in copied.items():
+            assert conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] == count, table
+    assert copied["orders"] > 100 and copied["order_status_history"] > copied["orders"]
+    on_duckdb, on_postgres = read_views(demo.directory / "warehouse.duckdb"), read_views(target)
+    for view in ANALYTICS_VIEWS:
+        assert list(on_postgres[view].columns) == list(on_duckdb[view].columns), view
+        assert _rows(on_postgres[view]) == _rows(on_duckdb[view]), view
+
+
+def test_a_warehouse_is_moved_into_an_empty_one_only(demo, demo_on_postgres):
+    target, copied = demo_on_postgres
+    with pytest.raises(WarehouseError, match="already holds rows in .*orders") as refused:
+        copy_to_postgres(demo.directory / "warehouse.duckdb", target, progress=lambda _: None)
+    assert target.url not in str(refused.value) and "***" in str(refused.value)
+    with connect(target, read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == copied["orders"]
+
+
+def test_notebook_runs_top_to_bottom_on_the_postgres_warehouse(demo_on_postgres, monkeypatch):
+    target, _ = demo_on_postgres
+    monkeypatch.setenv("SMM_WAREHOUSE_URL", target.url)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=240,
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    )
+    client.execute()
+    outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "error"]
+    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+    assert f"Reading {target.safe}" in text and "***" in target.safe
+    images = [out for out in outputs if "image/png" in out.get("data", {})]
+    assert len(images) >= 8  # the same plots as on the replica
+    tables = [out["data"]["text/plain"] for out in outputs if "text/plain" in out.get("data", {})]
+    assert any("next_order_to" in table for table in tables)
+    shown = text + "".join(tables)
+    assert target.url not in shown

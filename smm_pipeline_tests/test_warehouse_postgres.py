@@ -121,3 +121,28 @@ def test_a_read_only_connection_refuses_writes(warehouse):
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)
         with pytest.raises(Exception, match="(?i)read.only"):
             conn.execute("DELETE FROM orders")
+
+
+def test_a_warehouse_with_rows_being_sent_is_not_moved(tmp_path: Path, postgres_database):
+    """Rows `sending` have their answer journal in a file beside the DuckDB warehouse: moving
+    them would lose it, so the move is refused and Postgres is left empty."""
+    from smm_pipeline.warehouse.orders import mark_sending, record_pending
+    from smm_pipeline.warehouse.transfer import main
+    from smm_pipeline_tests.test_submission import outbox
+
+    source = tmp_path / "warehouse.duckdb"
+    with connect(source) as conn:
+        record_pending(conn, outbox("p", 3), datetime.now(UTC))
+        mark_sending(conn, "p", ["p-1"], "claim")
+    target = PostgresTarget(postgres_database.url())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SMM_WAREHOUSE_URL", target.url)
+        assert main([str(source)]) == 1
+        with connect(target, read_only=True) as conn:
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)
+        with connect(source) as conn:
+            conn.execute("UPDATE orders SET submit_state = 'ambiguous' WHERE ref = 'p-1'")
+        assert main([str(source)]) == 0
+    with connect(target, read_only=True) as conn:
+        moved = dict(conn.execute("SELECT ref, submit_state FROM orders").fetchall())
+    assert moved == {"p-0": "pending", "p-1": "ambiguous", "p-2": "pending"}

@@ -141,6 +141,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "exactly_once_v2", _exactly_once_v2),
     # Subscriptions' child orders; views: a subscription's spend is its children's charges.
     Migration(6, "subscription_orders", _subscription_orders),
+    # Views: delivered quantities are BIGINT counts on both engines (Postgres sums BIGINT as
+    # NUMERIC), so a warehouse moved to Postgres answers with the same types.
+    Migration(7, "analytics_views_v3", lambda conn: create_views(conn)),
 )
 
 _LEDGER = """

@@ -296,6 +296,12 @@ class PgConnection:
     def close(self) -> None:
         self.raw.close()
 
+    def __enter__(self) -> PgConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class _EmptyList:
     """An empty list parameter: Postgres cannot type `'{}'`, so it is sent as an empty text[]
@@ -360,6 +366,15 @@ def pg_connect(target: PostgresTarget) -> Iterator[PgConnection]:
         yield conn
     finally:
         conn.close()
+
+
+def connect_readonly_pg(target: PostgresTarget) -> PgConnection:
+    """A read-only connection for analysts (the caller closes it, or uses `with`): every
+    transaction of its session is read only, so a query typed by mistake cannot write. Readers
+    never block the pipeline on Postgres (MVCC): no replica is needed."""
+    conn = PgConnection(connect_raw(target))
+    conn.execute("SET default_transaction_read_only = on")
+    return conn
 
 
 def is_postgres(conn: Any) -> bool:

@@ -30,11 +30,14 @@ import duckdb
 
 from smm_pipeline.warehouse.db import (
     DEFAULT_LOCK_TIMEOUT,
+    Location,
     WarehouseError,
+    as_location,
     connect,
-    default_db_path,
     open_with_retry,
+    warehouse_location,
 )
+from smm_pipeline.warehouse.postgres import PostgresTarget, connect_readonly_pg
 
 REPLICA_SUFFIX = ".read.duckdb"
 
@@ -118,16 +121,22 @@ def replica_is_stale(db_path: Path | str, max_lag_seconds: float) -> bool:
 
 
 def connect_readonly(
-    path: Path | str | None = None, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    path: Location | str | None = None, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
 ) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the replica, for notebooks and ad-hoc queries.
 
     `path` is the warehouse file (its replica is opened) or the replica itself; by default the
-    warehouse of `SMM_DUCKDB_PATH` / `SMM_DATA_DIR`. The caller closes it (or uses `with`).
-    Within one process, close a replica connection before expecting a newer copy: DuckDB
-    hands a process the database it already has open for the same path.
+    warehouse of `SMM_WAREHOUSE_URL`, else `SMM_DUCKDB_PATH` / `SMM_DATA_DIR`. On Postgres (that
+    URL, a PostgresTarget or a postgresql:// string) it is a read-only session on the warehouse
+    itself: Postgres readers never block its writers, so there is no replica. The caller
+    closes it (or uses `with`). Within one process, close a replica connection before
+    expecting a newer copy: DuckDB hands a process the database it already has open for the
+    same path.
     """
-    path = Path(path) if path is not None else default_db_path()
+    location = as_location(path) if path is not None else warehouse_location()
+    if isinstance(location, PostgresTarget):
+        return connect_readonly_pg(location)
+    path = location
     target = path if path.name.endswith(REPLICA_SUFFIX) else replica_path(path)
     if not target.exists():
         raise WarehouseError(

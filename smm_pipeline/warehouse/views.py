@@ -317,7 +317,8 @@ SELECT
     canceled,
     expired,
     finished,
-    CASE WHEN with_quantity > 0 THEN COALESCE(delivered_quantity, 0) END AS delivered_quantity,
+    CASE WHEN with_quantity > 0 THEN CAST(COALESCE(delivered_quantity, 0) AS BIGINT) END
+        AS delivered_quantity,  -- a count on both engines (Postgres sums BIGINT as NUMERIC)
     {_ratio("completed + expired", "finished")} AS completion_rate,
     {_rounded("median_minutes_to_start", 1)} AS median_minutes_to_start,
     {_rounded("median_minutes_to_finish", 1)} AS median_minutes_to_finish,
