@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_catalog, bench_intake, bench_polling, bench_side_by_side, bench_submit
+from benchmarks import (
+    bench_catalog,
+    bench_intake,
+    bench_polling,
+    bench_postgres,
+    bench_side_by_side,
+    bench_submit,
+)
 
 
 def main() -> int:
     # bench_side_by_side last: it runs the real daemon for about 20 minutes.
-    for bench in (bench_catalog, bench_intake, bench_submit, bench_polling, bench_side_by_side):
+    benches = (bench_catalog, bench_intake, bench_submit, bench_polling, bench_postgres)
+    for bench in (*benches, bench_side_by_side):
         bench.main([])
     return 0
 

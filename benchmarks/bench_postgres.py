@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -90,7 +91,7 @@ def worker(spec: dict) -> dict:
         max_concurrency=spec["cap"],
         timeout_seconds=30,
     )
-    target = PostgresTarget(spec["db"])
+    target = PostgresTarget(os.environ["SMM_WAREHOUSE_URL"])
     client = PanelClient(config, Secret(KEY), budget_dir=target)
     time.sleep(max(0.0, spec["start_at"] - time.time()))
     started = time.time()
@@ -105,11 +106,18 @@ def workers_run(db: PostgresTarget, sim, panel: str, n_workers: int) -> dict:
     file_hash = f"{panel.replace(' ', '-')}-{n_workers}"
     frame = bench_submit.outbox(n, file_hash)
     frame["ref"] = [f"{file_hash}-{i}" for i in range(n)]
+    # Links of their own: the panel refuses a link while an earlier run's order on it is active.
+    links = [f"https://instagram.com/p/{file_hash}-{i}" for i in range(n)]
+    frame["link"] = links
+    frame["params"] = [
+        json.dumps({"service": "2", "link": link, "quantity": "100"}) for link in links
+    ]
     with connect(db) as conn:
         record_pending(conn, frame, datetime.now(UTC))
+    sim.set_balance("100000000")  # money never runs out: what binds is the panel's budget
     sim.reset_stats()
     start_at = time.time() + START_DELAY_SECONDS
-    spec = {"db": db.url, "url": sim.url, "cap": cap, "rate": rate, "file_hash": file_hash,
+    spec = {"url": sim.url, "cap": cap, "rate": rate, "file_hash": file_hash,
             "start_at": start_at}  # fmt: skip
     procs = [
         subprocess.Popen(
@@ -117,6 +125,7 @@ def workers_run(db: PostgresTarget, sim, panel: str, n_workers: int) -> dict:
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            env={**os.environ, "SMM_WAREHOUSE_URL": db.url},  # never on the command line
         )
         for _ in range(n_workers)
     ]

@@ -315,6 +315,18 @@ def test_notebook_runs_top_to_bottom_on_the_demo_warehouse(demo, monkeypatch):
     # No warehouse at SMM_DUCKDB_PATH yet: the notebook falls back to the demo folder beside it,
     # which the demo fixture already built (so it is reused, not rebuilt).
     monkeypatch.setenv("SMM_DUCKDB_PATH", str(directory.parent / "warehouse.duckdb"))
+    # A writer holds the live warehouse for the whole run: reading it instead of the replica
+    # would fail on DuckDB's lock.
+    with duckdb.connect(str(directory / "warehouse.duckdb")):
+        text, _ = run_notebook()
+    assert f"using the demo warehouse in {directory}" in text
+    assert f"Reading {directory / 'warehouse.read.duckdb'}" in text
+    assert "two simulated panels" not in text  # reused, not rebuilt
+
+
+def run_notebook() -> tuple[str, list[str]]:
+    """Run the notebook top to bottom; its printed text and its tables. It must run without an
+    error and draw every plot: spend per day, cumulative, ..., balance history, runway."""
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(
         notebook,
@@ -322,20 +334,15 @@ def test_notebook_runs_top_to_bottom_on_the_demo_warehouse(demo, monkeypatch):
         timeout=240,
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     )
-    # A writer holds the live warehouse for the whole run: reading it instead of the replica
-    # would fail on DuckDB's lock.
-    with duckdb.connect(str(directory / "warehouse.duckdb")):
-        client.execute()
+    client.execute()
     outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
-    assert f"using the demo warehouse in {directory}" in text
-    assert f"Reading {directory / 'warehouse.read.duckdb'}" in text
-    assert "two simulated panels" not in text  # reused, not rebuilt
     images = [out for out in outputs if "image/png" in out.get("data", {})]
-    assert len(images) >= 8  # spend per day, cumulative, ..., balance history, runway
+    assert len(images) >= 8
     tables = [out["data"]["text/plain"] for out in outputs if "text/plain" in out.get("data", {})]
     assert any("next_order_to" in table for table in tables)
+    return text, tables
 
 
 def test_query_frame_keeps_money_exact_without_the_warehouse_trailing_zeros(tmp_path):
@@ -394,21 +401,6 @@ def test_a_warehouse_is_moved_into_an_empty_one_only(demo, demo_on_postgres):
 def test_notebook_runs_top_to_bottom_on_the_postgres_warehouse(demo_on_postgres, monkeypatch):
     target, _ = demo_on_postgres
     monkeypatch.setenv("SMM_WAREHOUSE_URL", target.url)
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(
-        notebook,
-        kernel_name="python3",
-        timeout=240,
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-    )
-    client.execute()
-    outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
-    assert not [out for out in outputs if out.output_type == "error"]
-    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+    text, tables = run_notebook()  # the same plots and tables as on the replica
     assert f"Reading {target.safe}" in text and "***" in target.safe
-    images = [out for out in outputs if "image/png" in out.get("data", {})]
-    assert len(images) >= 8  # the same plots as on the replica
-    tables = [out["data"]["text/plain"] for out in outputs if "text/plain" in out.get("data", {})]
-    assert any("next_order_to" in table for table in tables)
-    shown = text + "".join(tables)
-    assert target.url not in shown
+    assert target.url not in text + "".join(tables)

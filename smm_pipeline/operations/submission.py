@@ -458,11 +458,17 @@ class _Dispatcher:
             return
         with connect(self.location) as conn:
             for batch in wanting:
-                rows = batch.next_claim()
-                flagged = mark_sending(
-                    conn, batch.panel, [r.ref for r in rows], self.journal.claim_id
-                )
-                batch.queue_claimed(rows, flagged)
+                # Rows another worker claimed first (runs on other machines share the outbox
+                # on Postgres) are skipped at once, up to rows that are free: waiting for the
+                # next round instead would leave this worker idle behind the other.
+                while batch.wants_rows:
+                    rows = batch.next_claim()
+                    flagged = mark_sending(
+                        conn, batch.panel, [r.ref for r in rows], self.journal.claim_id
+                    )
+                    batch.queue_claimed(rows, flagged)
+                    if flagged or not rows:
+                        break
 
     def _stop_stopped(self) -> None:
         for batch in self.batches:

@@ -77,6 +77,11 @@ def _pg(target: PostgresTarget):
     """A connection of the journal's own (autocommit), with the table in place."""
     raw = connect_raw(target)
     try:
+        # Keepalive probes from the server's side: the session of a machine that vanished
+        # (no FIN) ends within about a minute, and with it the claim's advisory lock, so the
+        # next run settles that claim.
+        for setting, value in (("idle", 30), ("interval", 10), ("count", 3)):
+            raw.execute(f"SET tcp_keepalives_{setting} = {value}")
         raw.execute(_JOURNAL_DDL)
     except Exception:
         raw.close()
