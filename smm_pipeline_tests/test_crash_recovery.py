@@ -194,7 +194,9 @@ def test_a_terminated_run_records_every_answer_before_it_exits(tmp_path, slow_si
     """SIGTERM (a run terminated from the UI): the process stops sending, waits for the
     requests in flight, and records every answer it received; nothing is left `sending`, the
     rows it never sent are pending (sent by its re-execution), none is ambiguous."""
-    n, concurrency = 200, 8
+    # 600 rows: about 3 s of sends at 40 ms and 8 at once, so the signal after 50 adds still
+    # finds most rows unsent on a loaded machine (the test process may wait its turn).
+    n, concurrency = 600, 8
     db = tmp_path / "w.duckdb"
     frame = outbox("term", n)
     frame["panel"] = "p"
