@@ -46,11 +46,13 @@ run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml .env ## Simulator + Dagster UI and da
 	trap "kill $$sim 2>/dev/null" EXIT INT TERM; \
 	$(BIN)/dg dev -h $(HOST) -p $(UI_PORT)
 
+# The suite runs in two pytest-xdist workers: most of its time is spent waiting on simulators,
+# subprocesses and Dagster runs, so two workers halve it even on two cores.
 test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml ## ruff, `dg check defs` and the whole test suite
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/dg check defs
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15; rc=$$?; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --durations=15; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: $(STAMP) ## ruff format + ruff check --fix

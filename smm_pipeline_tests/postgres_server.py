@@ -16,6 +16,7 @@ that user. Nothing listens beyond 127.0.0.1.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import re
@@ -134,7 +135,10 @@ def _run_as() -> tuple[str | None, int | None, int | None]:
     """(user for subprocess, uid, gid) of the server: ourselves, or `pgserver` when root."""
     if os.geteuid() != 0:
         return None, None, None
-    entry = _pgserver().utils.ensure_user_exists("pgserver")
+    # One process at a time creates the user: the suite's xdist workers start together.
+    with open(Path(tempfile.gettempdir()) / "smm_pgserver_user.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entry = _pgserver().utils.ensure_user_exists("pgserver")
     return entry.pw_name, entry.pw_uid, entry.pw_gid
 
 
