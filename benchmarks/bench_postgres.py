@@ -84,7 +84,7 @@ def engines() -> dict:
 def worker(spec: dict) -> dict:
     """One worker process: wait for the common start, then submit the file."""
     config = PanelConfig(
-        name="bench",
+        name=spec["panel"],
         url=spec["url"],
         key_env="BENCH_KEY",
         rate_limit_per_minute=spec["rate"],
@@ -95,7 +95,8 @@ def worker(spec: dict) -> dict:
     client = PanelClient(config, Secret(KEY), budget_dir=target)
     time.sleep(max(0.0, spec["start_at"] - time.time()))
     started = time.time()
-    result = submit_file(target, spec["file_hash"], {"bench": client}, progress=lambda _: None)
+    clients = {spec["panel"]: client}
+    result = submit_file(target, spec["file_hash"], clients, progress=lambda _: None)
     ended = time.time()
     client.close()
     return {"submitted": result.submitted, "started": started, "ended": ended}
@@ -106,6 +107,9 @@ def workers_run(db: PostgresTarget, sim, panel: str, n_workers: int) -> dict:
     file_hash = f"{panel.replace(' ', '-')}-{n_workers}"
     frame = bench_submit.outbox(n, file_hash)
     frame["ref"] = [f"{file_hash}-{i}" for i in range(n)]
+    # A panel of its own per run: its budget starts empty (the last run's minute of requests
+    # would otherwise still count against the next one).
+    frame["panel"] = file_hash
     # Links of their own: the panel refuses a link while an earlier run's order on it is active.
     links = [f"https://instagram.com/p/{file_hash}-{i}" for i in range(n)]
     frame["link"] = links
@@ -117,7 +121,7 @@ def workers_run(db: PostgresTarget, sim, panel: str, n_workers: int) -> dict:
     sim.set_balance("100000000")  # money never runs out: what binds is the panel's budget
     sim.reset_stats()
     start_at = time.time() + START_DELAY_SECONDS
-    spec = {"url": sim.url, "cap": cap, "rate": rate, "file_hash": file_hash,
+    spec = {"panel": file_hash, "url": sim.url, "cap": cap, "rate": rate, "file_hash": file_hash,
             "start_at": start_at}  # fmt: skip
     procs = [
         subprocess.Popen(
