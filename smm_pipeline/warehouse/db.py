@@ -229,10 +229,8 @@ def connect(
     """
     location = as_location(path)
     if isinstance(location, PostgresTarget):
-        with pg_connect(location) as pg:
-            if read_only:
-                pg.execute("SET default_transaction_read_only = on")
-            else:
+        with pg_connect(location, read_only=read_only) as pg:
+            if not read_only:
                 _ensure_migrated(pg, location.safe)
             yield pg
         return

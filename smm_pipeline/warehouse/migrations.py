@@ -143,7 +143,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "subscription_orders", _subscription_orders),
     # Views: delivered quantities are BIGINT counts on both engines (Postgres sums BIGINT as
     # NUMERIC), so a warehouse moved to Postgres answers with the same types.
-    Migration(7, "analytics_views_v3", lambda conn: create_views(conn)),
+    Migration(7, "analytics_views_v3", create_views),
 )
 
 _LEDGER = """

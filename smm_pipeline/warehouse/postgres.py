@@ -359,13 +359,10 @@ def _empty_list_dumper(psycopg: Any) -> type:
 
 
 @contextmanager
-def pg_connect(target: PostgresTarget) -> Iterator[PgConnection]:
+def pg_connect(target: PostgresTarget, *, read_only: bool = False) -> Iterator[PgConnection]:
     """A short connection to the Postgres warehouse, closed on exit."""
-    conn = PgConnection(connect_raw(target))
-    try:
+    with connect_readonly_pg(target) if read_only else PgConnection(connect_raw(target)) as conn:
         yield conn
-    finally:
-        conn.close()
 
 
 def connect_readonly_pg(target: PostgresTarget) -> PgConnection:
@@ -373,7 +370,11 @@ def connect_readonly_pg(target: PostgresTarget) -> PgConnection:
     transaction of its session is read only, so a query typed by mistake cannot write. Readers
     never block the pipeline on Postgres (MVCC): no replica is needed."""
     conn = PgConnection(connect_raw(target))
-    conn.execute("SET default_transaction_read_only = on")
+    try:
+        conn.execute("SET default_transaction_read_only = on")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
