@@ -146,3 +146,39 @@ def test_a_warehouse_with_rows_being_sent_is_not_moved(tmp_path: Path, postgres_
     with connect(target, read_only=True) as conn:
         moved = dict(conn.execute("SELECT ref, submit_state FROM orders").fetchall())
     assert moved == {"p-0": "pending", "p-1": "ambiguous", "p-2": "pending"}
+
+
+def test_a_claim_locks_its_rows_in_one_pass_before_the_table_is_analysed(postgres_database):
+    """A file just filed for a new panel has no statistics yet: Postgres then guesses one row
+    for the panel. The claim must still choose and lock its rows once (the earlier
+    `ref IN (SELECT ... FOR UPDATE SKIP LOCKED)` became a nested loop re-running the locking
+    subquery for every outbox row: four workers spun for minutes in their first claim)."""
+    import json
+
+    from smm_pipeline.warehouse.orders import claim_statement, mark_sending, record_pending
+    from smm_pipeline_tests.test_submission import outbox
+
+    target = PostgresTarget(postgres_database.url())
+    with connect(target) as conn:
+        conn.execute("ALTER TABLE orders SET (autovacuum_enabled = false)")
+        record_pending(conn, outbox("old", 500), datetime.now(UTC))
+        conn.execute("ANALYZE orders")
+        record_pending(conn, outbox("new", 400), datetime.now(UTC))
+        refs = [f"new-{i}" for i in range(128)]
+        conn.execute("BEGIN")
+        (plan,) = conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + claim_statement(conn),
+            ["new", refs, "claim"],
+        ).fetchone()
+        conn.execute("ROLLBACK")
+        claimed = mark_sending(conn, "new", refs + ["old-1", "new-999"], "claim")
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+
+    def nodes(node: dict):
+        yield node
+        for child in node.get("Plans", []):
+            yield from nodes(child)
+
+    locks = [n for n in nodes(plan[0]["Plan"]) if n["Node Type"] == "LockRows"]
+    assert [(n["Actual Loops"], n["Actual Rows"]) for n in locks] == [(1, 128)]
+    assert claimed == set(refs)

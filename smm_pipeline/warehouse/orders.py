@@ -182,6 +182,34 @@ def pending_keys(conn: duckdb.DuckDBPyConnection, keys: Sequence[tuple[str, str]
     return pd.DataFrame(rows, columns=PENDING_COLUMNS, dtype=object)
 
 
+def claim_statement(conn: duckdb.DuckDBPyConnection) -> str:
+    """mark_sending's statement (parameters: panel, refs, claim_id).
+
+    The rows are chosen and locked once, in a materialised CTE, then updated by key. Postgres:
+    several workers may claim from one panel's outbox at once; a row another worker's claim has
+    locked is skipped (it is becoming theirs), not waited for. The CTE is what keeps this one
+    pass whatever the planner thinks of the table: written as `ref IN (SELECT ... FOR UPDATE
+    SKIP LOCKED)`, a freshly filed file (no statistics yet for its rows) got a nested loop
+    that re-ran the locking subquery for every outbox row, and four workers spun for minutes
+    in one claim; `ref = ANY(?)` is a filter on the panel's rows where `IN (SELECT unnest(?))`
+    became a join re-reading the list for each of them (160 ms a claim of 128 rows among
+    3,000, against 4 ms). DuckDB has no row locks and needs none: one process at a time writes the file
+    (db.py's gate)."""
+    skip_locked = " FOR UPDATE SKIP LOCKED" if is_postgres(conn) else ""
+    return f"""
+        WITH claimed AS MATERIALIZED (
+            SELECT panel, ref FROM orders
+            WHERE panel = ? AND submit_state = 'pending' AND ref = ANY(?)
+            {skip_locked}
+        )
+        UPDATE orders SET submit_state = 'sending', claim_id = ?
+        FROM claimed
+        WHERE orders.panel = claimed.panel AND orders.ref = claimed.ref
+            AND orders.submit_state = 'pending'
+        RETURNING orders.ref
+        """
+
+
 def mark_sending(
     conn: duckdb.DuckDBPyConnection, panel: str, refs: Sequence[str], claim_id: str
 ) -> set[str]:
@@ -192,22 +220,7 @@ def mark_sending(
     `pending` (another process claimed it, an operator resolved it) is not returned."""
     if not refs:
         return set()
-    # Postgres: several workers may claim from one panel's outbox at once; a row another
-    # worker's claim has locked is skipped (it is becoming theirs), not waited for. DuckDB has
-    # no row locks and needs none: one process at a time writes the file (db.py's gate).
-    skip_locked = " FOR UPDATE SKIP LOCKED" if is_postgres(conn) else ""
-    rows = conn.execute(
-        f"""
-        UPDATE orders SET submit_state = 'sending', claim_id = ?
-        WHERE panel = ? AND submit_state = 'pending' AND ref IN (
-            SELECT ref FROM orders
-            WHERE panel = ? AND submit_state = 'pending' AND ref IN (SELECT unnest(?))
-            {skip_locked}
-        )
-        RETURNING ref
-        """,
-        [claim_id, panel, panel, list(refs)],
-    ).fetchall()
+    rows = conn.execute(claim_statement(conn), [panel, list(refs), claim_id]).fetchall()
     return {r[0] for r in rows}
 
 
