@@ -193,8 +193,8 @@ def claim_statement(conn: duckdb.DuckDBPyConnection) -> str:
     that re-ran the locking subquery for every outbox row, and four workers spun for minutes
     in one claim; `ref = ANY(?)` is a filter on the panel's rows where `IN (SELECT unnest(?))`
     became a join re-reading the list for each of them (160 ms a claim of 128 rows among
-    3,000, against 4 ms). DuckDB has no row locks and needs none: one process at a time writes the file
-    (db.py's gate)."""
+    3,000, against 4 ms). DuckDB has no row locks and needs none: one process at a time
+    writes the file (db.py's gate)."""
     skip_locked = " FOR UPDATE SKIP LOCKED" if is_postgres(conn) else ""
     return f"""
         WITH claimed AS MATERIALIZED (
