@@ -4,9 +4,9 @@ URL whose password never shows."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-import re
 from pathlib import Path
 
 import pandas as pd
