@@ -209,3 +209,44 @@ def test_the_shared_functions_are_inlined_into_the_statements(postgres_database)
                 r[0] for r in conn.execute(f"EXPLAIN VERBOSE SELECT {call} FROM orders").fetchall()
             )
             assert f"{name}(" not in plan, plan
+
+
+def test_postgres_finds_orders_by_panel_id_and_the_open_ones_by_index(postgres_database):
+    """Migration 8's indexes are what the planner uses: a status write's lookups by the
+    panel's order id, and the due orders among a long history of finished ones."""
+    from smm_pipeline.warehouse import migrations, status
+    from smm_pipeline.warehouse.postgres import PgConnection
+
+    assert migrations.OPEN_ORDERS_AT_8 == status.OPEN_ORDERS  # else: a new index entry
+    target = PostgresTarget(postgres_database.url())
+    now = datetime.now(UTC)
+    with connect(target) as conn:
+        conn.execute(
+            "INSERT INTO orders (panel, ref, order_id, submit_state, status, submitted_at) "
+            "SELECT 'p', 'r' || g, g, 'submitted', "
+            "CASE WHEN g <= 5000 THEN 'Completed' ELSE 'In progress' END, ? "
+            "FROM generate_series(1, 5010) g",
+            [now],
+        )
+        conn.execute("ANALYZE orders")
+        seen: list[tuple[str, object]] = []
+        execute = PgConnection.execute
+
+        def recording(self, sql, params=None):
+            seen.append((sql, params))
+            return execute(self, sql, params)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(PgConnection, "execute", recording)
+            due = status.due_orders(conn, now)
+        assert sorted(due["order_id"]) == list(range(5001, 5011))
+        (due_sql, due_params) = seen[-1]
+        plans = {
+            "due": conn.execute("EXPLAIN " + due_sql, due_params).fetchall(),
+            "by id": conn.execute(
+                "EXPLAIN SELECT ref FROM orders WHERE panel = ? AND order_id = ?", ["p", 42]
+            ).fetchall(),
+        }
+    text = {k: "\n".join(r[0] for r in rows) for k, rows in plans.items()}
+    assert "orders_open_due" in text["due"], text["due"]
+    assert "orders_panel_order_id" in text["by id"], text["by id"]
