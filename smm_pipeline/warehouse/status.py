@@ -44,7 +44,6 @@ _UNFINISHED = f"coalesce(status, '') NOT IN {FINISHED_STATUSES}"
 # The orders still to poll (Postgres keeps a partial index of them: migration 8, whose
 # predicate this text must stay, so that the planner can use it).
 OPEN_ORDERS = f"submit_state = 'submitted' AND order_id IS NOT NULL AND {_UNFINISHED}"
-_OPEN = OPEN_ORDERS
 _OPEN_CHILD = _UNFINISHED
 OBSERVATION_COLUMNS = [
     "panel", "order_id", "status", "raw_status", "charge", "start_count", "remains",
@@ -55,7 +54,7 @@ OBSERVATION_COLUMNS = [
 # time for summaries (a row never polled yet: due since it was placed or first seen).
 _OPEN_ITEMS = f"""
     SELECT panel, order_id, next_poll_at, coalesce(next_poll_at, submitted_at) AS due_at
-    FROM orders WHERE {_OPEN} {{panel_filter}}
+    FROM orders WHERE {OPEN_ORDERS} {{panel_filter}}
     UNION ALL
     SELECT panel, order_id, next_poll_at, coalesce(next_poll_at, first_seen_at) AS due_at
     FROM subscription_orders WHERE {_OPEN_CHILD} {{panel_filter}}
